@@ -72,8 +72,7 @@ def _row_popcounts(c):
     return out
 
 
-@nb.njit(cache=True, parallel=True)
-def _pair_counts(a, b, c, pairs):
+def _pair_counts_body(a, b, c, pairs):
     """Per pair (source i, target j): #(a_j & c_i), #(b_j & c_i), #(a_j & b_j & c_i)."""
     n_pairs = pairs.shape[0]
     out = np.empty((n_pairs, 3), np.int64)
@@ -92,6 +91,19 @@ def _pair_counts(a, b, c, pairs):
         out[p, 1] = n_bc
         out[p, 2] = n_abc
     return out
+
+
+_pair_counts_serial = nb.njit(cache=True)(_pair_counts_body)
+_pair_counts_parallel = nb.njit(cache=True, parallel=True)(_pair_counts_body)
+# Below this many word operations a parallel launch costs more than it saves, and idle
+# worker threads spinning after it would steal cores from torch during training.
+PARALLEL_MIN_WORK = 1 << 16
+
+
+def _pair_counts(a, b, c, pairs):
+    if len(pairs) * a.shape[1] < PARALLEL_MIN_WORK:
+        return _pair_counts_serial(a, b, c, pairs)
+    return _pair_counts_parallel(a, b, c, pairs)
 
 
 @nb.njit(cache=True)

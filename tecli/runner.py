@@ -1,0 +1,95 @@
+"""Execute one run in this process and show it: settings, data, progress, summary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tecli.errors import UserError
+from tecli.spec import RunSpec
+from tecli.train import EpochResult
+
+
+def configure(device: str, threads: int | None) -> str:
+    """Check the device and set torch's and numba's CPU threads; return the torch device."""
+    import numba
+    import torch
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return device
+
+
+def run_one(spec: RunSpec, data_dir: Path | None, device: str, threads: int | None) -> list[EpochResult]:
+    from tecli.data import load_dataset
+    from tecli.train import train
+
+    console = Console()
+    device = configure(device, threads)
+    data = load_dataset(spec.dataset, data_dir)
+    progress = _progress(console)
+    task = progress.add_task("train", total=None, epoch=1, epochs=spec.epochs)
+
+    def on_batch(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    epochs = train(spec, data, device=device, on_batch=on_batch)
+    console.print(
+        f"[bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / {len(data.x_test)} test, "
+        f"variant [bold]{spec.variant}[/], seed {spec.seed}, run key {spec.run_key()}, "
+        f"device {device}, threads {threads or os.cpu_count()}",
+        soft_wrap=True,
+    )
+    results: list[EpochResult] = []
+    with progress:
+        for result in epochs:
+            results.append(result)
+            progress.console.print(_epoch_line(result, spec.epochs), soft_wrap=True)
+            progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
+    console.print(_summary(spec, results))
+    return results
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _epoch_line(r: EpochResult, epochs: int) -> str:
+    te = f", TE {r.te_share:5.1%} of time, mean TE {r.te_mean:.4f} max {r.te_max:.3f} bits" if r.te_mean is not None else ""
+    return (
+        f"epoch {r.epoch:>3}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
+        f"test loss {r.test_loss:.4f} acc {r.test_acc:.4f}  {r.seconds:6.2f} s{te}"
+    )
+
+
+def _summary(spec: RunSpec, results: list[EpochResult]) -> Table:
+    best = max(results, key=lambda r: r.test_acc)
+    total = sum(r.seconds for r in results)
+    te_total = sum(r.te_seconds for r in results)
+    table = Table(title=f"{spec.dataset} / {spec.variant} / seed {spec.seed}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("epochs", str(len(results)))
+    table.add_row("final test accuracy", f"{results[-1].test_acc:.4f}")
+    table.add_row("best test accuracy", f"{best.test_acc:.4f} (epoch {best.epoch})")
+    table.add_row("mean epoch time", f"{total / len(results):.2f} s")
+    table.add_row("TE share of time", f"{te_total / total:.1%}" if spec.te else "-")
+    return table

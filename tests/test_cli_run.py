@@ -1,0 +1,64 @@
+"""`tecli run` through Typer's CliRunner: real digits runs and one-line user errors."""
+
+import urllib.error
+import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from tecli.cli import app
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_run_digits_baseline_and_te():
+    baseline = invoke("run", "--dataset", "digits", "--epochs", "2", "--lr", "0.05", "--threads", "1")
+    assert baseline.exit_code == 0, baseline.output
+    assert "epoch   2/2" in baseline.output
+    assert "variant baseline" in baseline.output
+    te = invoke("run", "--dataset", "digits", "--epochs", "2", "--lr", "0.05", "--te", "--te-window", "128")
+    assert te.exit_code == 0, te.output
+    assert "variant te" in te.output
+    assert "mean TE" in te.output
+    assert "TE share of time" in te.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+        (["--dataset", "digits", "--te", "--te-fraction", "1.5"], "te fraction must be in (0, 1]"),
+        (["--dataset", "digits", "--te", "--te-mode", "louder"], "te mode must be one of amplify, dampen"),
+        (["--dataset", "digits", "--te", "--te-layers", "last"], "--te-layers must be comma-separated integers"),
+        (["--dataset", "digits", "--te", "--te-layers", "-7"], "te layer index -7 out of range"),
+        (["--dataset", "digits", "--epochs", "0"], "epochs must be >= 1"),
+        (["--dataset", "digits", "--lr", "-1"], "learning rate must be > 0"),
+        (["--dataset", "digits", "--device", "tpu"], "--device must be cpu or cuda"),
+        (["--dataset", "digits", "--threads", "0"], "--threads must be >= 1"),
+    ],
+)
+def test_user_mistakes_end_in_one_line_and_exit_2(args, message):
+    result = invoke("run", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_offline_is_one_clear_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # offline even where CI has a network
+    monkeypatch.setenv("TECLI_CACHE_DIR", str(tmp_path / "cache"))
+    empty = tmp_path / "data"
+    empty.mkdir()
+    result = invoke("run", "--dataset", "svhn", "--data-dir", str(empty), "--epochs", "1")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert "svhn" in lines[0] and str(empty) in lines[0]
+    assert "train_32x32.mat" in lines[0] and "network is unreachable" in lines[0]
