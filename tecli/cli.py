@@ -6,6 +6,7 @@ commands that need them, so `tecli --help` starts fast.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _db_option():
+    return typer.Option(None, "--db", help="Database file or SQLAlchemy URL (default: $TECLI_DB, else ./tecli.db).")
+
+
+def _format_option():
+    return typer.Option("table", "--format", help="table or json.")
+
+
+def _check_format(value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"--format must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _print_version(value: bool) -> None:
@@ -80,8 +94,9 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and numba (default: their own)."),
+    db: Optional[str] = _db_option(),
 ) -> None:
-    """Train one model (baseline, or with --te the TE-feedback variant)."""
+    """Train one model (baseline, or with --te the TE-feedback variant) and record every epoch."""
     with _user_errors():
         te_config = (
             TEConfig(
@@ -110,6 +125,104 @@ def run(
             weight_decay=weight_decay,
             te=te_config,
         ).validate()
-        from tecli.runner import run_one
+        from tecli.runner import RunFailed, RunInterrupted, run_one
 
-        run_one(spec, data_dir=data_dir, device=device, threads=threads)
+        try:
+            run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads)
+        except RunInterrupted as stop:
+            typer.echo(str(stop), err=True)
+            raise typer.Exit(130) from None
+        except RunFailed as failure:
+            typer.echo(f"error: {failure} (traceback recorded; see `tecli runs show {failure.run_id}`)", err=True)
+            raise typer.Exit(1) from None
+
+
+runs_app = typer.Typer(help="Recorded runs: a table of them, or `runs show ID` for one.", no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(
+    ctx: typer.Context,
+    dataset: Optional[str] = typer.Option(None, help="Only this data set."),
+    variant: Optional[str] = typer.Option(None, help="Only this variant."),
+    status: Optional[str] = typer.Option(None, help="Only this status: running, completed, failed, interrupted."),
+    sweep: Optional[str] = typer.Option(None, help="Only runs of this sweep."),
+    output_format: str = _format_option(),
+    db: Optional[str] = _db_option(),
+) -> None:
+    """List recorded runs."""
+    if ctx.invoked_subcommand:
+        return
+    with _user_errors():
+        _check_format(output_format, ("table", "json"))
+        from tecli.runs_view import list_runs, runs_table
+        from tecli.store import RUN_STATUSES, open_database
+
+        if status is not None and status not in RUN_STATUSES:
+            raise UserError(f"--status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        found = list_runs(open_database(db), dataset=dataset, variant=variant, status=status, sweep=sweep)
+        _emit(found, output_format, lambda console: console.print(runs_table(found)))
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: int = typer.Argument(..., help="Run id, as listed by `tecli runs`."),
+    output_format: str = _format_option(),
+    db: Optional[str] = _db_option(),
+) -> None:
+    """One run: its configuration and every recorded epoch."""
+    with _user_errors():
+        _check_format(output_format, ("table", "json"))
+        from tecli.runs_view import run_tables, show_run
+        from tecli.store import open_database
+
+        run = show_run(open_database(db), run_id)
+        _emit(run, output_format, lambda console: console.print(*run_tables(run)))
+
+
+def _emit(data, output_format: str, print_table) -> None:
+    if output_format == "json":
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        from rich.console import Console
+
+        print_table(Console())
+
+
+db_app = typer.Typer(help="The results database's schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: Optional[str] = _db_option()) -> None:
+    """Create the database or upgrade its schema to the newest revision."""
+    with _user_errors():
+        from tecli import migrate
+        from tecli.store import open_database
+
+        engine = open_database(db)
+        typer.echo(f"{engine.url.render_as_string(hide_password=True)} is at revision {migrate.current(engine)} (head)")
+
+
+@db_app.command("current")
+def db_current(db: Optional[str] = _db_option()) -> None:
+    """Print the database's schema revision (without upgrading it)."""
+    with _user_errors():
+        from tecli import migrate
+        from tecli.store import create_db_engine
+
+        engine = create_db_engine(db)
+        revision = migrate.current(engine)
+        head = migrate.head()
+        state = "head" if revision == head else f"behind head {head}; `tecli db upgrade` upgrades it"
+        typer.echo(f"{revision or 'empty'} ({state})")
+
+
+@db_app.command("history")
+def db_history() -> None:
+    """List the schema revisions, oldest first."""
+    from tecli import migrate
+
+    for revision, down, message in migrate.history():
+        typer.echo(f"{down or '<base>'} -> {revision}: {message}")

@@ -1,8 +1,17 @@
-"""Execute one run in this process and show it: settings, data, progress, summary."""
+"""Execute one run in this process, record it, and show it: settings, progress, summary.
+
+The database is opened (and checked) first, then the data is loaded and the
+model built, and only then is the run inserted: a user's mistake anywhere in
+that set-up records nothing. SIGTERM is handled like Ctrl-C: the run is marked
+`interrupted` and every finished epoch stays recorded.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +21,22 @@ from rich.table import Table
 from tecli.errors import UserError
 from tecli.spec import RunSpec
 from tecli.train import EpochResult
+
+
+class RunFailed(Exception):
+    """Training raised; the run is recorded as failed with the traceback."""
+
+    def __init__(self, run_id: int, error: BaseException):
+        super().__init__(f"run {run_id} failed: {type(error).__name__}: {error}")
+        self.run_id = run_id
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM; the run is recorded as interrupted."""
+
+    def __init__(self, run_id: int, epochs_done: int):
+        super().__init__(f"run {run_id} interrupted after {epochs_done} finished epoch(s), all recorded")
+        self.run_id = run_id
 
 
 def configure(device: str, threads: int | None) -> str:
@@ -31,11 +56,29 @@ def configure(device: str, threads: int | None) -> str:
     return device
 
 
-def run_one(spec: RunSpec, data_dir: Path | None, device: str, threads: int | None) -> list[EpochResult]:
+@contextmanager
+def _sigterm_as_interrupt():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_one(
+    spec: RunSpec, db: str | None, data_dir: Path | None, device: str, threads: int | None
+) -> tuple[int, list[EpochResult]]:
+    """Train and record one run; returns (run id, epoch results)."""
     from tecli.data import load_dataset
+    from tecli.recording import Heartbeat, finish_run, insert_run, record_epoch
+    from tecli.store import open_database
     from tecli.train import train
 
     console = Console()
+    engine = open_database(db)
     device = configure(device, threads)
     data = load_dataset(spec.dataset, data_dir)
     progress = _progress(console)
@@ -45,20 +88,31 @@ def run_one(spec: RunSpec, data_dir: Path | None, device: str, threads: int | No
         progress.update(task, completed=done, total=total)
 
     epochs = train(spec, data, device=device, on_batch=on_batch)
+    run_id = insert_run(engine, spec, data.copy, device, threads)
     console.print(
-        f"[bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / {len(data.x_test)} test, "
+        f"run {run_id}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / {len(data.x_test)} test, "
         f"variant [bold]{spec.variant}[/], seed {spec.seed}, run key {spec.run_key()}, "
         f"device {device}, threads {threads or os.cpu_count()}",
         soft_wrap=True,
     )
     results: list[EpochResult] = []
-    with progress:
-        for result in epochs:
-            results.append(result)
-            progress.console.print(_epoch_line(result, spec.epochs), soft_wrap=True)
-            progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
+    with Heartbeat(engine, run_id), _sigterm_as_interrupt():
+        try:
+            with progress:
+                for result in epochs:
+                    record_epoch(engine, run_id, result)
+                    results.append(result)
+                    progress.console.print(_epoch_line(result, spec.epochs), soft_wrap=True)
+                    progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
+        except KeyboardInterrupt:
+            finish_run(engine, run_id, "interrupted", "interrupted by Ctrl-C or SIGTERM")
+            raise RunInterrupted(run_id, len(results)) from None
+        except Exception as error:
+            finish_run(engine, run_id, "failed", traceback.format_exc())
+            raise RunFailed(run_id, error) from error
+        finish_run(engine, run_id, "completed")
     console.print(_summary(spec, results))
-    return results
+    return run_id, results
 
 
 def _progress(console: Console) -> Progress:
