@@ -7,6 +7,7 @@ commands that need them, so `tecli --help` starts fast.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -61,6 +62,11 @@ def _user_errors():
     except UserError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+
+
+def _option_name(field: str) -> str:
+    """The `tecli run` option of a RunSpec field: te.lam -> --te-lambda, batch_size -> --batch-size."""
+    return "--" + {"te.lam": "te-lambda"}.get(field, field.replace(".", "-").replace("_", "-"))
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:
@@ -124,7 +130,7 @@ def run(
             batch_size=batch_size,
             weight_decay=weight_decay,
             te=te_config,
-        ).validate()
+        ).validate(_option_name)
         from tecli.runner import RunFailed, RunInterrupted, run_one
 
         try:
@@ -135,6 +141,62 @@ def run(
         except RunFailed as failure:
             typer.echo(f"error: {failure} (traceback recorded; see `tecli runs show {failure.run_id}`)", err=True)
             raise typer.Exit(1) from None
+
+
+@app.command()
+def sweep(
+    file: Path = typer.Argument(..., help="Sweep file, e.g. experiments.toml."),
+    workers: int = typer.Option(1, help="Runs trained in parallel, each in its own process."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun runs whose last attempt failed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (done / to run) and train nothing."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per run (default: cores / workers)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    db: Optional[str] = _db_option(),
+) -> None:
+    """Run a grid of data sets x seeds x variants; completed runs are skipped, so rerunning resumes."""
+    with _user_errors():
+        if workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        from rich.console import Console
+
+        from tecli.runner import configure, sigterm_as_interrupt
+        from tecli.store import database_url, open_database
+        from tecli.sweep import LocalProcesses, Task, plan, register
+        from tecli.sweep_display import SweepProgress, plan_counts, plan_table
+        from tecli.sweepfile import load_sweep
+
+        spec = load_sweep(file)
+        configure(device, threads)  # check device and threads before anything is recorded
+        engine = open_database(db)
+        planned = plan(engine, spec, retry_failed)
+        console = Console()
+        if dry_run:
+            console.print(plan_table(planned))
+            console.print(f"sweep {spec.name}: {plan_counts(planned)}")
+            return
+        console.print(f"sweep {spec.name}: {plan_counts(planned)}; {workers} worker(s)")
+        sweep_id = register(engine, spec)
+        to_run = [p for p in planned if p.state == "to run"]
+        per_run_threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        tasks = [
+            Task(i, p.spec, database_url(db), sweep_id, data_dir, device, per_run_threads)
+            for i, p in enumerate(to_run)
+        ]
+        display = SweepProgress(console, to_run)
+        interrupted = False
+        with sigterm_as_interrupt(), display:
+            try:
+                LocalProcesses(workers).run(tasks, display.report)
+            except KeyboardInterrupt:
+                interrupted = True
+        line, counts = display.summary(skipped=len(planned) - len(to_run))
+        console.print(line)
+    if interrupted:
+        typer.echo("sweep interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(130)
+    if counts["failed"] or counts["interrupted"]:
+        raise typer.Exit(1)
 
 
 runs_app = typer.Typer(help="Recorded runs: a table of them, or `runs show ID` for one.", no_args_is_help=False)

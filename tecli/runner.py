@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,7 +22,10 @@ from rich.table import Table
 
 from tecli.errors import UserError
 from tecli.spec import RunSpec
-from tecli.train import EpochResult
+
+if TYPE_CHECKING:
+    from tecli.data import DataSplits
+    from tecli.train import EpochResult
 
 
 class RunFailed(Exception):
@@ -57,7 +62,8 @@ def configure(device: str, threads: int | None) -> str:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises KeyboardInterrupt, so both stop a run the same way."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
@@ -68,42 +74,48 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_one(
-    spec: RunSpec, db: str | None, data_dir: Path | None, device: str, threads: int | None
+def execute(
+    spec: RunSpec,
+    engine,
+    data_dir: Path | None,
+    device: str,
+    threads: int | None,
+    sweep_id: int | None = None,
+    record_setup_errors: bool = False,
+    on_start: Callable[[int, DataSplits], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> tuple[int, list[EpochResult]]:
-    """Train and record one run; returns (run id, epoch results)."""
+    """Train and record one run; returns (run id, epoch results).
+
+    A UserError in set-up (data, model) records nothing, unless record_setup_errors
+    (sweeps), where the run is recorded as failed with the message.
+    """
     from tecli.data import load_dataset
     from tecli.recording import Heartbeat, finish_run, insert_run, record_epoch
-    from tecli.store import open_database
     from tecli.train import train
 
-    console = Console()
-    engine = open_database(db)
     device = configure(device, threads)
-    data = load_dataset(spec.dataset, data_dir)
-    progress = _progress(console)
-    task = progress.add_task("train", total=None, epoch=1, epochs=spec.epochs)
-
-    def on_batch(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    epochs = train(spec, data, device=device, on_batch=on_batch)
-    run_id = insert_run(engine, spec, data.copy, device, threads)
-    console.print(
-        f"run {run_id}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / {len(data.x_test)} test, "
-        f"variant [bold]{spec.variant}[/], seed {spec.seed}, run key {spec.run_key()}, "
-        f"device {device}, threads {threads or os.cpu_count()}",
-        soft_wrap=True,
-    )
+    try:
+        data = load_dataset(spec.dataset, data_dir)
+        epochs = train(spec, data, device=device, on_batch=on_batch)
+    except UserError as error:
+        if not record_setup_errors:
+            raise
+        run_id = insert_run(engine, spec, "-", device, threads, sweep_id)
+        finish_run(engine, run_id, "failed", str(error))
+        raise RunFailed(run_id, error) from None
+    run_id = insert_run(engine, spec, data.copy, device, threads, sweep_id)
+    if on_start:
+        on_start(run_id, data)
     results: list[EpochResult] = []
-    with Heartbeat(engine, run_id), _sigterm_as_interrupt():
+    with Heartbeat(engine, run_id), sigterm_as_interrupt():
         try:
-            with progress:
-                for result in epochs:
-                    record_epoch(engine, run_id, result)
-                    results.append(result)
-                    progress.console.print(_epoch_line(result, spec.epochs), soft_wrap=True)
-                    progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
+            for result in epochs:
+                record_epoch(engine, run_id, result)
+                results.append(result)
+                if on_epoch:
+                    on_epoch(result)
         except KeyboardInterrupt:
             finish_run(engine, run_id, "interrupted", "interrupted by Ctrl-C or SIGTERM")
             raise RunInterrupted(run_id, len(results)) from None
@@ -111,8 +123,39 @@ def run_one(
             finish_run(engine, run_id, "failed", traceback.format_exc())
             raise RunFailed(run_id, error) from error
         finish_run(engine, run_id, "completed")
-    console.print(_summary(spec, results))
     return run_id, results
+
+
+def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, threads: int | None) -> int:
+    """`tecli run`: execute one run in this process with a progress bar and a summary."""
+    from tecli.store import open_database
+
+    console = Console()
+    engine = open_database(db)
+    progress = _progress(console)
+    task = progress.add_task("train", total=None, epoch=1, epochs=spec.epochs)
+
+    def on_start(run_id: int, data: DataSplits) -> None:
+        console.print(
+            f"run {run_id}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
+            f"{len(data.x_test)} test, variant [bold]{spec.variant}[/], seed {spec.seed}, "
+            f"run key {spec.run_key()}, device {device}, threads {threads or os.cpu_count()}",
+            soft_wrap=True,
+        )
+
+    def on_batch(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    def on_epoch(result: EpochResult) -> None:
+        progress.console.print(_epoch_line(result, spec.epochs), soft_wrap=True)
+        progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
+
+    with progress:
+        run_id, results = execute(
+            spec, engine, data_dir, device, threads, on_start=on_start, on_batch=on_batch, on_epoch=on_epoch
+        )
+    console.print(_summary(spec, results))
+    return run_id
 
 
 def _progress(console: Console) -> Progress:

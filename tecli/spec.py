@@ -1,20 +1,92 @@
 """Run specifications: every parameter that defines a run, validated, with a canonical key.
 
-A RunSpec fully names a run (data set, seed, optimisation hyper-parameters and,
-for a TE run, every TE parameter).  Execution settings that do not change what is
-being measured (device, CPU threads, data folder) are not part of it.
+A RunSpec fully names a run (data set, variant name, seed, optimisation
+hyper-parameters and, for a TE run, every TE parameter). Execution settings that
+do not change what is measured (device, CPU threads, data folder) are not part
+of it. One table of rules per parameter serves both the command line and sweep
+files, so a value is judged the same way wherever it comes from; `where` turns
+a field name into what the user typed (`--te-lambda`, `variants.te.lam`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from tecli.errors import UserError
 
 TE_MODES = ("amplify", "dampen")
 TE_REACHES = ("weights", "backprop")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a parameter accepts: a type (int, float, str or a list of int) and a condition."""
+
+    kind: type
+    expect: str  # read as "expected <expect>"
+    ok: Callable[[Any], bool] = lambda value: True
+
+
+def _int(expect: str, ok=lambda v: True) -> Rule:
+    return Rule(int, f"an integer {expect}".strip(), ok)
+
+
+def _float(expect: str, ok=lambda v: True) -> Rule:
+    return Rule(float, f"a number {expect}".strip(), ok)
+
+
+def _choice(options: tuple[str, ...]) -> Rule:
+    return Rule(str, f"one of {', '.join(options)}", lambda v: v in options)
+
+
+TRAIN_RULES: dict[str, Rule] = {
+    "epochs": _int(">= 1", lambda v: v >= 1),
+    "lr": _float("> 0", lambda v: v > 0),
+    "momentum": _float("in [0, 1)", lambda v: 0 <= v < 1),
+    "batch_size": _int(">= 2", lambda v: v >= 2),
+    "weight_decay": _float(">= 0", lambda v: v >= 0),
+}
+SEED_RULE = _int(">= 0", lambda v: v >= 0)
+TE_RULES: dict[str, Rule] = {
+    "threshold": _float(""),
+    "threshold_out": _float(""),
+    "window": _int(">= 2 (samples)", lambda v: v >= 2),
+    "refresh": _int(">= 1 (batches)", lambda v: v >= 1),
+    "fraction": _float("in (0, 1]", lambda v: 0 < v <= 1),
+    "delay": _int(">= 0", lambda v: v >= 0),
+    "lam": _float(">= 0", lambda v: v >= 0),
+    "mode": _choice(TE_MODES),
+    "layers": Rule(list, "a non-empty list of distinct integers such as [-1]", lambda v: 0 < len(v) == len(set(v))),
+    "reach": _choice(TE_REACHES),
+    "subset_seed": _int(">= 0", lambda v: v >= 0),
+}
+
+
+def check_value(where: str, rule: Rule, value: Any) -> Any:
+    """The value in canonical form (int -> float for numbers, list -> tuple), or UserError."""
+    if rule.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if rule.kind is list:
+        good_type = isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        value = tuple(value) if good_type else value
+    else:
+        good_type = isinstance(value, rule.kind) and not isinstance(value, bool)
+    if not (good_type and rule.ok(value)):
+        raise UserError(f"{where}: expected {rule.expect}, got {value!r}")
+    return value
+
+
+def _check_fields(obj, rules: dict[str, Rule], where: Callable[[str], str]) -> None:
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        if value is not None:
+            object.__setattr__(obj, name, check_value(where(name), rule, value))
 
 
 @dataclass(frozen=True)
@@ -50,16 +122,9 @@ class TEConfig:
     reach: str = "weights"
     subset_seed: int | None = None
 
-    def validate(self) -> None:
-        _check(self.window >= 2, f"te window must be >= 2 samples, got {self.window}")
-        _check(self.refresh >= 1, f"te refresh must be >= 1 batch, got {self.refresh}")
-        _check(0.0 < self.fraction <= 1.0, f"te fraction must be in (0, 1], got {self.fraction}")
-        _check(self.delay >= 0, f"te delay must be >= 0, got {self.delay}")
-        _check(self.lam >= 0.0, f"te lambda must be >= 0, got {self.lam}")
-        _check(self.mode in TE_MODES, f"te mode must be one of {', '.join(TE_MODES)}, got {self.mode!r}")
-        _check(self.reach in TE_REACHES, f"te reach must be one of {', '.join(TE_REACHES)}, got {self.reach!r}")
-        _check(len(self.layers) > 0, "te layers must name at least one Linear layer")
-        _check(len(set(self.layers)) == len(self.layers), f"te layers repeat an index: {self.layers}")
+    def validate(self, where: Callable[[str], str] = lambda name: f"te.{name}") -> "TEConfig":
+        _check_fields(self, TE_RULES, where)
+        return self
 
 
 @dataclass(frozen=True)
@@ -78,15 +143,11 @@ class RunSpec:
         if not self.variant:
             object.__setattr__(self, "variant", "te" if self.te else "baseline")
 
-    def validate(self) -> "RunSpec":
-        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
-        _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.batch_size >= 2, f"batch size must be >= 2, got {self.batch_size}")
-        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+    def validate(self, where: Callable[[str], str] = str) -> "RunSpec":
+        """Check every field (UserError naming `where(field)`); canonicalizes types in place."""
+        _check_fields(self, {"seed": SEED_RULE, **TRAIN_RULES}, where)
         if self.te is not None:
-            self.te.validate()
+            self.te.validate(lambda name: where(f"te.{name}"))
         return self
 
     def to_dict(self) -> dict:
@@ -105,6 +166,4 @@ class RunSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
+TE_FIELDS = tuple(f.name for f in fields(TEConfig))

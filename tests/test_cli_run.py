@@ -29,14 +29,16 @@ def test_run_digits_baseline_and_te():
     "args, message",
     [
         (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
-        (["--dataset", "digits", "--te", "--te-fraction", "1.5"], "te fraction must be in (0, 1]"),
-        (["--dataset", "digits", "--te", "--te-mode", "louder"], "te mode must be one of amplify, dampen"),
+        (["--dataset", "digits", "--te", "--te-fraction", "1.5"], "--te-fraction: expected a number in (0, 1], got 1.5"),
+        (["--dataset", "digits", "--te", "--te-mode", "louder"], "--te-mode: expected one of amplify, dampen, got 'louder'"),
         (["--dataset", "digits", "--te", "--te-layers", "last"], "--te-layers must be comma-separated integers"),
         (["--dataset", "digits", "--te", "--te-layers", "-7"], "te layer index -7 out of range"),
-        (["--dataset", "digits", "--epochs", "0"], "epochs must be >= 1"),
-        (["--dataset", "digits", "--lr", "-1"], "learning rate must be > 0"),
+        (["--dataset", "digits", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+        (["--dataset", "digits", "--lr", "-1"], "--lr: expected a number > 0, got -1.0"),
         (["--dataset", "digits", "--device", "tpu"], "--device must be cpu or cuda"),
         (["--dataset", "digits", "--threads", "0"], "--threads must be >= 1"),
+        (["--dataset", "digits", "--te", "--te-lambda", "-2"], "--te-lambda: expected a number >= 0"),
+        (["--dataset", "digits", "--te", "--te-layers", "-1,-1"], "--te-layers: expected a non-empty list of distinct"),
     ],
 )
 def test_user_mistakes_end_in_one_line_and_exit_2(args, message):

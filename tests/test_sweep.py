@@ -1,0 +1,191 @@
+"""`tecli sweep` for real: tiny digits grids in worker processes, resume, kill -9, failures, bad files."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from tecli.cli import app
+from tecli.store import Run, Sweep, create_db_engine, open_database
+from tecli.sweepfile import load_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+name = "tiny"
+seeds = [0, 1]
+
+[defaults]
+epochs = {epochs}
+lr = 0.05
+
+[defaults.te]
+window = 128
+
+[datasets.digits]
+target = 0.8
+{extra}
+[variants.baseline]
+te = false
+
+[variants.te]
+te = true
+lam = 2.0
+"""
+
+
+def write(tmp_path, epochs=2, extra="", name="tiny.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(TINY.format(epochs=epochs, extra=extra))
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def statuses(db) -> list[tuple[str, str, int, str]]:
+    with Session(open_database(db)) as session:
+        return session.execute(select(Run.dataset, Run.variant, Run.seed, Run.status).order_by(Run.id)).all()
+
+
+def test_tiny_sweep_completes_and_a_rerun_trains_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    sweep_file = write(tmp_path)
+    result = invoke("sweep", sweep_file, "--workers", "2", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "4 completed, 0 failed" in result.output
+    runs = statuses(db)
+    assert sorted(runs) == sorted(
+        [("digits", v, s, "completed") for v in ("baseline", "te") for s in (0, 1)]
+    )
+    with Session(open_database(db)) as session:
+        sweep = session.scalar(select(Sweep))
+        assert sweep.name == "tiny" and sweep.source == sweep_file.read_text()
+        assert sweep.targets == {"digits": {"target": 0.8, "metric": "test_acc"}}
+        assert {run.sweep_id for run in session.scalars(select(Run))} == {sweep.id}
+        assert all(len(run.epochs) == 2 for run in session.scalars(select(Run)))
+
+    again = invoke("sweep", sweep_file, "--db", db)
+    assert again.exit_code == 0, again.output
+    assert "4 runs: 4 done" in again.output and "0 completed" in again.output
+    assert len(statuses(db)) == 4
+    listed = invoke("runs", "--sweep", "tiny", "--db", db, "--format", "json")
+    assert listed.output.count('"sweep": "tiny"') == 4
+
+
+def test_dry_run_shows_the_plan_and_trains_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    result = invoke("sweep", write(tmp_path), "--dry-run", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("to run") == 5  # four rows and the count line
+    assert "4 runs: 4 to run" in result.output
+    assert statuses(db) == []
+
+
+def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "mnist.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(4, np.int64),
+             x_test=np.zeros((2, 5, 5), np.uint8), y_test=np.zeros(2, np.int64))  # fmt: skip
+    sweep_file = write(tmp_path, extra="[datasets.mnist]\nepochs = 1\n")
+    db = tmp_path / "s.db"
+    result = invoke("sweep", sweep_file, "--workers", "2", "--db", db, "--data-dir", data)
+    assert result.exit_code == 1, result.output
+    assert "4 completed, 4 failed" in result.output
+    runs = statuses(db)
+    assert sorted(r[3] for r in runs if r[0] == "digits") == ["completed"] * 4
+    assert sorted(r[3] for r in runs if r[0] == "mnist") == ["failed"] * 4
+    with Session(open_database(db)) as session:
+        errors = session.scalars(select(Run.error).where(Run.status == "failed")).all()
+        assert len(errors) == 4 and all("train images have shape (5, 5), but mnist needs" in e for e in errors)
+
+    rerun = invoke("sweep", sweep_file, "--dry-run", "--db", db)
+    assert "8 runs: 4 done, 4 failed" in rerun.output and "--retry-failed" in rerun.output
+    retry = invoke("sweep", sweep_file, "--dry-run", "--retry-failed", "--db", db)
+    assert "8 runs: 4 done, 4 to run" in retry.output
+
+
+def _count(db, status) -> int:
+    try:
+        with Session(create_db_engine(db)) as session:
+            return session.scalar(select(func.count()).select_from(Run).where(Run.status == status))
+    except Exception:  # no schema yet
+        return 0
+
+
+def test_sweep_killed_with_sigkill_resumes_to_one_completed_run_per_key(tmp_path):
+    db = tmp_path / "k.db"
+    sweep_file = write(tmp_path, epochs=25)
+    command = [sys.executable, "-m", "tecli", "sweep", str(sweep_file), "--workers", "2", "--db", str(db)]
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while _count(db, "completed") < 1 or _count(db, "running") < 1:
+        assert sweep.poll() is None and time.monotonic() < deadline, "sweep ended before it could be killed"
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    deadline = time.monotonic() + 60  # orphaned workers get SIGTERM and record themselves interrupted
+    while _count(db, "running") > 0:
+        assert time.monotonic() < deadline, "workers kept running after the sweep was killed"
+        time.sleep(0.1)
+    assert _count(db, "interrupted") >= 1
+
+    result = invoke("sweep", sweep_file, "--workers", "2", "--db", db)
+    assert result.exit_code == 0, result.output
+    with Session(open_database(db)) as session:
+        completed = session.scalars(select(Run.run_key).where(Run.status == "completed")).all()
+    assert sorted(completed) == sorted(spec.run_key() for spec in load_sweep(sweep_file).runs)
+
+
+BAD_FILES = [
+    ('name = "x"\nseeds = [0]\nepochs == 3\n', "TOML syntax error", "line 3"),
+    ("", "name: missing", None),
+    (TINY.format(epochs=2, extra="").replace("lr = 0.05", "lr = 0.05\nepoch = 3"), "defaults.epoch (line 8): unknown key", None),
+    (TINY.format(epochs="'two'", extra=""), "defaults.epochs (line 6): expected an integer >= 1, got 'two'", None),
+    (TINY.format(epochs=2, extra="").replace("lam = 2.0", "lam = -1.0"), "variants.te.lam (line 20): expected a number >= 0", None),
+    (TINY.format(epochs=2, extra="").replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds (line 3): seeds repeat", None),
+    (TINY.format(epochs=2, extra="[datasets.nosuch]\n"), "datasets.nosuch (line 14): unknown data set", None),
+    (TINY.format(epochs=2, extra="").replace("te = false", "te = false\nlam = 1.0"), "variants.baseline.lam", "te = false"),
+    (TINY.format(epochs=2, extra="").replace("target = 0.8", "target = 80"), "datasets.digits.target (line 13): expected an accuracy in (0, 1]", None),
+    (TINY.format(epochs=2, extra="").replace("[defaults.te]\nwindow = 128", "[defaults.te]\nmode = 'loud'"), "defaults.te.mode (line 10): expected one of amplify, dampen", None),
+]
+
+
+@pytest.mark.parametrize("text, message, also", BAD_FILES)
+def test_bad_sweep_files_give_one_line_and_record_nothing(tmp_path, text, message, also):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    db = tmp_path / "s.db"
+    result = invoke("sweep", path, "--db", db)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert message in lines[0] and str(path) in lines[0]
+    if also:
+        assert also in lines[0]
+    assert not db.exists()
+
+
+def test_missing_sweep_file(tmp_path):
+    result = invoke("sweep", tmp_path / "none.toml", "--db", tmp_path / "s.db")
+    assert result.exit_code == 2 and "cannot read the sweep file" in result.output
+
+
+@pytest.mark.parametrize(
+    "name, datasets, runs",
+    [("experiments.toml", {"usps", "mnist", "fashionmnist", "cifar10"}, 40), ("experiments-svhn-stl10.toml", {"svhn", "stl10"}, 20)],
+)
+def test_committed_sweep_files_are_valid(name, datasets, runs):
+    sweep = load_sweep(ROOT / name)
+    assert {spec.dataset for spec in sweep.runs} == datasets
+    assert len(sweep.runs) == runs
+    assert {spec.variant for spec in sweep.runs} == {"baseline", "te"}
+    assert all(t["target"] is not None for t in sweep.targets.values())
