@@ -199,6 +199,54 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    output_format: str = typer.Option("table", "--format", help="table, markdown, csv, json or html."),
+    output: Optional[Path] = typer.Option(None, help="Write the report here; learning-curve PNGs go next to it."),
+    sweep: Optional[str] = typer.Option(None, help="Only runs of this sweep."),
+    dataset: Optional[str] = typer.Option(None, help="Only this data set."),
+    variant: Optional[str] = typer.Option(None, help="Only this variant (compared with the baseline)."),
+    target: Optional[float] = typer.Option(None, help="Target accuracy for every data set (default: the sweep's)."),
+    metric: str = typer.Option("test_acc", help="What --target applies to: test_acc or train_acc."),
+    baseline: str = typer.Option("baseline", help="The variant the others are compared with."),
+    db: Optional[str] = _db_option(),
+) -> None:
+    """Epochs-to-target and wall-clock-to-target per data set and variant, over seeds."""
+    with _user_errors():
+        from tecli import report_render as render
+
+        if output_format not in render.FORMATS:
+            raise UserError(f"--format must be one of {', '.join(render.FORMATS)}, got {output_format!r}")
+        if output is not None and not output.parent.is_dir():
+            raise UserError(f"--output folder {output.parent} does not exist; create it or pass another path")
+        from tecli.report import build_report
+        from tecli.store import open_database
+
+        result = build_report(open_database(db), sweep, dataset, variant, target, metric, baseline)
+        images = []
+        if output is not None:
+            from tecli.report_plots import plot_curves
+
+            images = plot_curves(result, output.parent, output.stem)
+        if output_format == "table":
+            render.print_tables(result)
+            text = None
+        else:
+            text = {
+                "markdown": lambda: render.markdown(result, images),
+                "csv": lambda: render.to_csv(result),
+                "json": lambda: render.to_json(result),
+                "html": lambda: render.to_html(result, images),
+            }[output_format]()
+        if output is None:
+            if text is not None:
+                typer.echo(text, nl=False)
+        else:
+            if text is not None:
+                output.write_text(text)
+            typer.echo(f"wrote {output}" + (f" and {len(images)} plot(s)" if images else ""), err=True)
+
+
 runs_app = typer.Typer(help="Recorded runs: a table of them, or `runs show ID` for one.", no_args_is_help=False)
 app.add_typer(runs_app, name="runs")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -40,6 +39,8 @@ def upgrade(engine: Engine) -> None:
     """
     if current(engine) == head():
         return
+    from alembic import command  # heavy; only needed when there is something to do
+
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7465636c69)")

@@ -1,0 +1,193 @@
+"""A Report as terminal tables, markdown, csv, json or one self-contained html file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from tecli.report import Report
+
+FORMATS = ("table", "markdown", "csv", "json", "html")
+
+GROUP_HEADERS = (
+    "data set", "variant", "n", "reached", "epochs to target", "seconds to target",
+    "final test acc", "epoch time vs baseline", "TE share", "speedup epochs (p)", "speedup seconds (p)", "runs",
+)  # fmt: skip
+RUN_HEADERS = (
+    "run", "data set", "variant", "seed", "epochs", "epochs to target", "seconds to target",
+    "final test acc", "best test acc", "mean epoch s", "TE share",
+)  # fmt: skip
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _spread(mean, std, median, digits: int) -> str:
+    if math.isnan(mean):
+        return "not reached"
+    return f"{_num(mean, digits)} ± {_num(std, digits)} (median {_num(median, digits)})"
+
+
+def _speedup(speedup, p) -> str:
+    return "-" if math.isnan(speedup) else f"{speedup:.2f}x (p {_num(p, 3)})"
+
+
+def group_rows(report: Report) -> list[list[str]]:
+    return [
+        [
+            g.dataset, g.variant, str(g.n), str(g.n_reached),
+            _spread(g.epochs_mean, g.epochs_std, g.epochs_median, 1),
+            _spread(g.seconds_mean, g.seconds_std, g.seconds_median, 1),
+            f"{_num(g.final_acc_mean, 4)} ± {_num(g.final_acc_std, 4)}",
+            _num(g.epoch_time_ratio, 3), f"{g.te_share:.1%}",
+            _speedup(g.speedup_epochs, g.p_epochs), _speedup(g.speedup_seconds, g.p_seconds), g.run_ids,
+        ]  # fmt: skip
+        for g in report.groups.itertuples()
+    ]
+
+
+def run_rows(report: Report) -> list[list[str]]:
+    return [
+        [
+            str(r.run_id), r.dataset, r.variant, str(r.seed), f"{r.epochs_done}/{r.epochs_planned}",
+            "not reached" if math.isnan(r.epochs_to_target) else str(int(r.epochs_to_target)),
+            _num(r.seconds_to_target, 1), _num(r.final_acc, 4), _num(r.best_acc, 4),
+            _num(r.mean_epoch_s, 2), f"{r.te_share:.1%}",
+        ]  # fmt: skip
+        for r in report.runs.itertuples()
+    ]
+
+
+def _targets_line(report: Report) -> str:
+    parts = [f"{d} {t[0]:g} {t[1]}" if t else f"{d} none" for d, t in report.targets.items()]
+    return "Targets: " + "; ".join(parts) + "."
+
+
+def _excluded_line(report: Report) -> str:
+    if not report.excluded:
+        return ""
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(report.excluded.items()))
+    return f"Not counted (not completed, or an older completed run of the same key): {parts}."
+
+
+def _md_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(report: Report, images: list[Path]) -> str:
+    parts = [
+        "# tecli report",
+        "",
+        _targets_line(report) + f" Baseline variant: {report.baseline}.",
+        "Epochs and seconds to target: mean ± std (median) over the runs that reached the target; "
+        "seconds are cumulative epoch wall time, TE work and test evaluation included. "
+        "Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p.",
+        "",
+        "## Per data set and variant",
+        "",
+        _md_table(GROUP_HEADERS, group_rows(report)),
+        "",
+        "## What the numbers say",
+        "",
+        *[f"- {s}" for s in report.statements],
+        "",
+        "## Runs",
+        "",
+        _md_table(RUN_HEADERS, run_rows(report)),
+    ]
+    if report.excluded:
+        parts += ["", _excluded_line(report)]
+    if images:
+        parts += ["", "## Learning curves", ""] + [f"![{p.stem}]({p.name})" for p in images]
+    return "\n".join(parts) + "\n"
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(
+        {
+            "targets": {d: ({"target": t[0], "metric": t[1]} if t else None) for d, t in report.targets.items()},
+            "baseline": report.baseline,
+            "groups": _records(report.groups),
+            "runs": _records(report.runs.drop(columns=["sweep"])),
+            "statements": report.statements,
+            "excluded": report.excluded,
+        },
+        indent=2,
+    )
+
+
+def to_csv(report: Report) -> str:
+    return report.groups.to_csv(index=False)
+
+
+def _html_table(headers, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(report: Report, images: list[Path]) -> str:
+    figures = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in images
+    )
+    statements = "".join(f"<li>{html.escape(s)}</li>" for s in report.statements)
+    excluded = f"<p>{html.escape(_excluded_line(report))}</p>" if report.excluded else ""
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>tecli report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>tecli report</h1>
+<p>{html.escape(_targets_line(report))} Baseline variant: {html.escape(report.baseline)}.</p>
+<h2>Per data set and variant</h2>
+{_html_table(GROUP_HEADERS, group_rows(report))}
+<h2>What the numbers say</h2><ul>{statements}</ul>
+<h2>Learning curves</h2>{figures}
+<h2>Runs</h2>
+{_html_table(RUN_HEADERS, run_rows(report))}
+{excluded}
+</body></html>
+"""
+
+
+def print_tables(report: Report) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(_targets_line(report), soft_wrap=True)
+    table = Table(title="per data set and variant (markdown/html add medians, TE share and run ids)", box=box.SIMPLE_HEAD)
+    for header in ("data set", "variant", "reached", "epochs to target", "seconds to target", "final acc", "epoch time", "speedup epochs", "speedup s"):
+        table.add_column(header, no_wrap=header in ("data set", "variant"))
+    for g in report.groups.itertuples():
+        table.add_row(
+            g.dataset, g.variant, f"{g.n_reached}/{g.n}",
+            "-" if math.isnan(g.epochs_mean) else f"{g.epochs_mean:.1f} ± {_num(g.epochs_std, 1)}",
+            "-" if math.isnan(g.seconds_mean) else f"{g.seconds_mean:.1f} ± {_num(g.seconds_std, 1)}",
+            f"{g.final_acc_mean:.4f}", f"{_num(g.epoch_time_ratio, 2)}x",
+            _speedup(g.speedup_epochs, g.p_epochs), _speedup(g.speedup_seconds, g.p_seconds),
+        )  # fmt: skip
+    console.print(table)
+    for statement in report.statements:
+        console.print(f"- {statement}", soft_wrap=True)
+    if report.excluded:
+        console.print(_excluded_line(report))

@@ -1,0 +1,204 @@
+"""`tecli report` on a small database built through the real store API, against hand-computed numbers.
+
+usps, target 0.9 test_acc, 3 epochs per run:
+  baseline (1.0 s/epoch)                    te (1.5 s/epoch, 0.3 s of it TE work)
+  seed 0: .80 .91 .95 -> 2 epochs, 2.0 s    seed 0: .92 .93 .95 -> 1 epoch, 1.5 s
+  seed 1: .85 .88 .92 -> 3 epochs, 3.0 s    seed 1: .85 .91 .93 -> 2 epochs, 3.0 s
+  seed 2: .70 .80 .85 -> never              seed 2: .88 .90 .91 -> 2 epochs, 3.0 s
+  seed 3: .90 .93 .94 -> 1 epoch,  1.0 s    seed 3: .89 .95 .96 -> 2 epochs, 3.0 s
+baseline: reached 3/4, epochs 2, 3, 1 -> mean 2, std 1, median 2; final acc mean 0.915
+te:       reached 4/4, epochs 1, 2, 2, 2 -> mean 1.75, std 0.5, median 2; seconds mean 2.625, std 0.75
+paired seeds 0, 1, 3: epochs 2, 3, 1 vs 1, 2, 2 -> speedup 2 / (5/3) = 1.2;
+                      seconds 2, 3, 1 vs 1.5, 3, 3 -> speedup 2 / 2.5 = 0.8
+epoch time ratio 1.5; TE share 0.2.
+mnist: two te runs and no baseline. One failed and one interrupted usps run are not counted.
+"""
+
+import base64
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+from scipy.stats import wilcoxon
+from typer.testing import CliRunner
+
+from tecli.cli import app
+from tecli.recording import finish_run, insert_run, record_epoch
+from tecli.spec import RunSpec, TEConfig
+from tecli.store import open_database
+from tecli.sweep import register
+from tecli.sweepfile import SweepSpec
+
+BASE = {0: (0.80, 0.91, 0.95), 1: (0.85, 0.88, 0.92), 2: (0.70, 0.80, 0.85), 3: (0.90, 0.93, 0.94)}
+TE = {0: (0.92, 0.93, 0.95), 1: (0.85, 0.91, 0.93), 2: (0.88, 0.90, 0.91), 3: (0.89, 0.95, 0.96)}
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    epoch: int
+    test_acc: float
+    seconds: float
+    te_seconds: float
+    train_loss: float = 0.1
+    train_acc: float = 0.99
+    test_loss: float = 0.2
+    te_mean: float | None = None
+    te_max: float | None = None
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = str(tmp_path / "report.db")
+    engine = open_database(path)
+    sweep = SweepSpec(
+        name="s", path=tmp_path / "s.toml", source="name = 's'", source_hash="h" * 64,
+        targets={"usps": {"target": 0.9, "metric": "test_acc"}, "mnist": {"target": 0.99, "metric": "test_acc"}},
+        runs=(),
+    )  # fmt: skip
+    sweep_id = register(engine, sweep)
+
+    def add(dataset, seed, te, accs, seconds, te_seconds, status="completed"):
+        spec = RunSpec(dataset=dataset, seed=seed, epochs=3, te=TEConfig() if te else None)
+        run_id = insert_run(engine, spec, "test copy", "cpu", 1, sweep_id)
+        for epoch, acc in enumerate(accs, 1):
+            record_epoch(engine, run_id, EpochRow(epoch, acc, seconds, te_seconds))
+        finish_run(engine, run_id, status)
+
+    for seed in range(4):
+        add("usps", seed, False, BASE[seed], 1.0, 0.0)
+        add("usps", seed, True, TE[seed], 1.5, 0.3)
+    add("mnist", 0, True, (0.98, 0.99, 0.992), 2.0, 0.1)
+    add("mnist", 1, True, (0.97, 0.985, 0.989), 2.0, 0.1)
+    add("usps", 9, False, (0.5,), 1.0, 0.0, status="failed")
+    add("usps", 8, True, (0.5,), 1.0, 0.0, status="interrupted")
+    return path
+
+
+def report(db, *args):
+    result = CliRunner().invoke(app, ["report", "--db", db, *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_json_numbers_equal_hand_computed_values(db):
+    data = json.loads(report(db, "--format", "json"))
+    groups = {(g["dataset"], g["variant"]): g for g in data["groups"]}
+    base, te = groups["usps", "baseline"], groups["usps", "te"]
+    assert (base["n"], base["n_reached"], te["n"], te["n_reached"]) == (4, 3, 4, 4)
+    assert (base["epochs_mean"], base["epochs_std"], base["epochs_median"]) == (2.0, 1.0, 2.0)
+    assert (te["epochs_mean"], te["epochs_std"], te["epochs_median"]) == (1.75, 0.5, 2.0)
+    assert (te["seconds_mean"], te["seconds_std"], te["seconds_median"]) == (2.625, 0.75, 3.0)
+    assert base["final_acc_mean"] == pytest.approx(0.915)
+    assert base["final_acc_std"] == pytest.approx(math.sqrt(0.0061 / 3))
+    assert te["epoch_time_ratio"] == pytest.approx(1.5) and te["te_share"] == pytest.approx(0.2)
+    assert te["pairs"] == 3
+    assert te["speedup_epochs"] == pytest.approx(1.2) and te["speedup_seconds"] == pytest.approx(0.8)
+    assert te["p_epochs"] == pytest.approx(wilcoxon([2, 3, 1], [1, 2, 2]).pvalue)
+    assert te["p_seconds"] == pytest.approx(wilcoxon([2.0, 3.0, 1.0], [1.5, 3.0, 3.0]).pvalue)
+    assert base["run_ids"] == "1 3 5 7" and te["run_ids"] == "2 4 6 8"
+    assert math.isnan(groups["mnist", "te"]["epoch_time_ratio"] or math.nan)
+    runs = {r["run_id"]: r for r in data["runs"]}
+    assert runs[5]["epochs_to_target"] is None and runs[1]["seconds_to_target"] == 2.0
+    assert runs[9]["epochs_to_target"] == 2 and runs[10]["epochs_to_target"] is None
+    assert data["excluded"] == {"failed": 1, "interrupted": 1}
+    assert data["targets"]["usps"] == {"target": 0.9, "metric": "test_acc"}
+
+
+def test_statements_say_what_the_data_supports(db):
+    statements = json.loads(report(db, "--format", "json"))["statements"]
+    assert statements[0] == "mnist/te: no baseline runs for mnist; nothing to compare against."
+    assert statements[1].startswith("usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs")
+    assert "1 of 4 baseline runs never reached 0.9 test_acc" in statements[1]
+    assert "No significant difference in epochs to the target at 0.05" in statements[1]
+    assert "with 3 pairs the smallest attainable p is 0.2500" in statements[1]
+
+
+def test_csv_parses_back_to_the_same_numbers(db):
+    rows = list(csv.DictReader(io.StringIO(report(db, "--format", "csv"))))
+    by_group = {(r["dataset"], r["variant"]): r for r in rows}
+    te = by_group["usps", "te"]
+    assert float(te["seconds_mean"]) == 2.625 and float(te["speedup_epochs"]) == pytest.approx(1.2)
+    groups = {(g["dataset"], g["variant"]): g for g in json.loads(report(db, "--format", "json"))["groups"]}
+    for key, row in by_group.items():
+        for column in ("epochs_mean", "seconds_std", "final_acc_mean", "epoch_time_ratio", "p_epochs"):
+            expected = groups[key][column]
+            assert (row[column] == "" and expected is None) or float(row[column]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_target_on_the_command_line_overrides_the_sweep(db):
+    data = json.loads(report(db, "--format", "json", "--target", "0.95", "--dataset", "usps"))
+    groups = {g["variant"]: g for g in data["groups"]}
+    assert (groups["baseline"]["n_reached"], groups["te"]["n_reached"]) == (1, 2)
+    assert set(data["targets"]) == {"usps"}
+
+
+def test_markdown_whole(db):
+    assert report(db, "--format", "markdown", "--dataset", "usps") == EXPECTED_MARKDOWN
+
+
+def test_html_file_holds_the_plots(db, tmp_path):
+    out = tmp_path / "out" / "r.html"
+    out.parent.mkdir()
+    CliRunner().invoke(app, ["report", "--db", db, "--format", "html", "--output", str(out)])
+    text = out.read_text()
+    assert (tmp_path / "out" / "r-usps.png").is_file() and (tmp_path / "out" / "r-mnist.png").is_file()
+    images = text.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 2
+    assert all(base64.b64decode(i.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "usps/te vs baseline" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "pdf"], "--format must be one of"),
+        (["--metric", "loss"], "--metric must be one of"),
+        (["--target", "90"], "--target must be an accuracy"),
+        (["--sweep", "nope"], "no completed runs match"),
+        (["--variant", "nope"], "no completed runs of variant 'nope'"),
+        (["--output", "/nonexistent/r.md"], "--output folder /nonexistent does not exist"),
+    ],
+)
+def test_report_mistakes(db, args, message):
+    result = CliRunner().invoke(app, ["report", "--db", db, *args])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert message in result.output
+
+
+EXPECTED_MARKDOWN = """\
+# tecli report
+
+Targets: usps 0.9 test_acc. Baseline variant: baseline.
+Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p.
+
+## Per data set and variant
+
+| data set | variant | n | reached | epochs to target | seconds to target | final test acc | epoch time vs baseline | TE share | speedup epochs (p) | speedup seconds (p) | runs |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) | 0.9150 ± 0.0451 | 1.000 | 0.0% | - | - | 1 3 5 7 |
+| usps | te | 4 | 4 | 1.8 ± 0.5 (median 2.0) | 2.6 ± 0.8 (median 3.0) | 0.9375 ± 0.0222 | 1.500 | 20.0% | 1.20x (p P_EPOCHS) | 0.80x (p P_SECONDS) | 2 4 6 8 |
+
+## What the numbers say
+
+- usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = P_EPOCHS), 0.80x in seconds (p = P_SECONDS); epochs per run cost 1.50x the baseline's (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05; with 3 pairs the smallest attainable p is 0.2500, so more seeds are needed.
+
+## Runs
+
+| run | data set | variant | seed | epochs | epochs to target | seconds to target | final test acc | best test acc | mean epoch s | TE share |
+|---|---|---|---|---|---|---|---|---|---|---|
+| 1 | usps | baseline | 0 | 3/3 | 2 | 2.0 | 0.9500 | 0.9500 | 1.00 | 0.0% |
+| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% |
+| 5 | usps | baseline | 2 | 3/3 | not reached | - | 0.8500 | 0.8500 | 1.00 | 0.0% |
+| 7 | usps | baseline | 3 | 3/3 | 1 | 1.0 | 0.9400 | 0.9400 | 1.00 | 0.0% |
+| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% |
+| 4 | usps | te | 1 | 3/3 | 2 | 3.0 | 0.9300 | 0.9300 | 1.50 | 20.0% |
+| 6 | usps | te | 2 | 3/3 | 2 | 3.0 | 0.9100 | 0.9100 | 1.50 | 20.0% |
+| 8 | usps | te | 3 | 3/3 | 2 | 3.0 | 0.9600 | 0.9600 | 1.50 | 20.0% |
+
+Not counted (not completed, or an older completed run of the same key): 1 failed, 1 interrupted.
+""".replace("P_EPOCHS", f"{wilcoxon([2, 3, 1], [1, 2, 2]).pvalue:.3f}").replace(
+    "P_SECONDS", f"{wilcoxon([2.0, 3.0, 1.0], [1.5, 3.0, 3.0]).pvalue:.3f}"
+)
