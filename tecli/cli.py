@@ -217,8 +217,13 @@ def report(
 
         if output_format not in render.FORMATS:
             raise UserError(f"--format must be one of {', '.join(render.FORMATS)}, got {output_format!r}")
-        if output is not None and not output.parent.is_dir():
-            raise UserError(f"--output folder {output.parent} does not exist; create it or pass another path")
+        if output is not None:
+            if output_format == "table":
+                raise UserError("--output needs a file format: --format markdown, csv, json or html")
+            if output.is_dir():
+                raise UserError(f"--output {output} is a folder; pass a file path such as {output / 'report.md'}")
+            if not output.parent.is_dir():
+                raise UserError(f"--output folder {output.parent} does not exist; create it or pass another path")
         from tecli.report import build_report
         from tecli.store import open_database
 

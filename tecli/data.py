@@ -51,13 +51,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tecli.errors import UserError
 from tecli.paths import cache_dir, data_root
+
+if TYPE_CHECKING:  # torch is imported when data is loaded, so the registry stays light
+    import torch
 
 Arrays = dict[str, np.ndarray]
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -407,6 +409,8 @@ def _canonical(spec: _Dataset, arrays: Arrays, source: str) -> Arrays:
 
 def _to_splits(spec: _Dataset, copy: str, arrays: Arrays) -> DataSplits:
     """Tensors normalized per channel with the training split's mean and (population) std."""
+    import torch
+
     x_train = torch.from_numpy(arrays["x_train"]).to(torch.float32)
     x_test = torch.from_numpy(arrays["x_test"]).to(torch.float32)
     std, mean = torch.std_mean(x_train, dim=(0, 2, 3), keepdim=True, correction=0)

@@ -20,13 +20,16 @@ carries the ids of the runs behind it. No torch here.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from tecli.errors import UserError
 from tecli.store import Epoch, Run, Sweep
@@ -52,14 +55,31 @@ def _frame(result) -> pd.DataFrame:
     return pd.DataFrame([tuple(row) for row in result], columns=list(result.keys()))
 
 
-def _load(engine: Engine, sweep: str | None, dataset: str | None, variant: str | None):
+def sweep_scope(engine: Engine, name: str) -> tuple[set[str], dict]:
+    """Run keys of the newest sweep called `name` (its grid, re-expanded from the recorded
+    file) and its targets. A grid run that was already done elsewhere (another sweep, or
+    `tecli run` with the same specification) was skipped, not re-recorded, so runs are
+    selected by key rather than by the sweep they were recorded under.
+    """
+    from tecli.sweepfile import parse_sweep
+
+    with Session(engine) as session:
+        row = session.scalars(select(Sweep).where(Sweep.name == name).order_by(Sweep.id.desc())).first()
+        if row is None:
+            raise UserError(f"no sweep named {name!r} in the database; `tecli runs` shows the sweeps of recorded runs")
+        grid = parse_sweep(row.source, Path(f"<sweep {name}>"))
+        return {spec.run_key() for spec in grid.runs}, row.targets
+
+
+def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
     query = select(
         Run.id.label("run_id"), Run.run_key, Run.dataset, Run.variant, Run.seed, Run.status,
-        Run.epochs_planned, Sweep.name.label("sweep"), Sweep.targets,
+        Run.epochs_planned, Run.config, Sweep.targets,
     ).outerjoin(Sweep, Run.sweep_id == Sweep.id)  # fmt: skip
-    for column, value in ((Sweep.name, sweep), (Run.dataset, dataset), (Run.variant, variant)):
-        if value is not None:
-            query = query.where(column == value)
+    if keys is not None:
+        query = query.where(Run.run_key.in_(keys))
+    if dataset is not None:
+        query = query.where(Run.dataset == dataset)
     with engine.connect() as connection:
         runs = _frame(connection.execute(query))
         if runs.empty:
@@ -75,11 +95,29 @@ def _load(engine: Engine, sweep: str | None, dataset: str | None, variant: str |
     return runs.assign(counted=runs.run_id.isin(counted.run_id)), epochs[epochs.run_id.isin(counted.run_id)]
 
 
-def _targets(runs: pd.DataFrame, target: float | None, metric: str) -> dict[str, tuple[float, str] | None]:
+def _check_one_configuration(runs: pd.DataFrame) -> None:
+    """Seeds of one data set x variant must share every other parameter, or the statistics mix experiments."""
+    signature = runs.config.map(lambda c: json.dumps({k: v for k, v in c.items() if k != "seed"}, sort_keys=True))
+    for (dataset, variant), group in signature.groupby([runs.dataset, runs.variant]):
+        if group.nunique() > 1:
+            ids = runs.loc[group.drop_duplicates().index, "run_id"].tolist()
+            raise UserError(
+                f"{dataset}/{variant} runs have {group.nunique()} different configurations (e.g. runs {ids[0]} and "
+                f"{ids[1]}); pass --sweep to compare one sweep's grid, or --variant/--dataset to narrow"
+            )
+
+
+def _targets(
+    runs: pd.DataFrame, target: float | None, metric: str, sweep_targets: dict | None
+) -> dict[str, tuple[float, str] | None]:
     out: dict[str, tuple[float, str] | None] = {}
     for dataset, group in runs.groupby("dataset", sort=True):
         if target is not None:
             out[dataset] = (target, metric)
+            continue
+        if sweep_targets is not None:
+            t = sweep_targets.get(dataset) or {}
+            out[dataset] = (t["target"], t["metric"]) if t.get("target") is not None else None
             continue
         found = {
             (t[dataset]["target"], t[dataset]["metric"])
@@ -112,7 +150,7 @@ def per_run(runs: pd.DataFrame, epochs: pd.DataFrame, targets: dict) -> pd.DataF
         total_s=("seconds", "sum"),
         te_s=("te_seconds", "sum"),
     )
-    out = counted[["dataset", "variant", "seed", "sweep", "epochs_planned"]].join(stats)
+    out = counted[["dataset", "variant", "seed", "epochs_planned"]].join(stats)
     out["epochs_to_target"] = first.epoch.reindex(out.index)
     out["seconds_to_target"] = first.cum_seconds.reindex(out.index)
     out["te_share"] = out.te_s / out.total_s
@@ -125,18 +163,18 @@ def _mean_std_median(values: pd.Series) -> tuple[float, float, float]:
     return (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, float(values.median()))
 
 
-def _paired(base: pd.DataFrame, other: pd.DataFrame, column: str) -> tuple[int, float, float]:
-    """(pairs, speedup = mean base / mean other, Wilcoxon p) over seeds where both have a value."""
+def _paired(base: pd.DataFrame, other: pd.DataFrame, column: str) -> tuple[int, int, float, float]:
+    """(pairs, pairs that differ, speedup = mean base / mean other, Wilcoxon p) over seeds where both have a value."""
     paired = base.set_index("seed")[column].to_frame("base").join(other.set_index("seed")[column].to_frame("other"), how="inner").dropna()
-    n = len(paired)
+    n, differ = len(paired), int((paired.base != paired.other).sum())
     if n == 0:
-        return 0, math.nan, math.nan
+        return 0, 0, math.nan, math.nan
     speedup = float(paired.base.mean() / paired.other.mean())
-    if n < MIN_PAIRS or (paired.base == paired.other).all():
-        return n, speedup, math.nan
+    if n < MIN_PAIRS or differ == 0:
+        return n, differ, speedup, math.nan
     from scipy.stats import wilcoxon
 
-    return n, speedup, float(wilcoxon(paired.base, paired.other).pvalue)
+    return n, differ, speedup, float(wilcoxon(paired.base, paired.other).pvalue)
 
 
 def aggregate(measures: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -158,13 +196,15 @@ def aggregate(measures: pd.DataFrame, baseline: str) -> pd.DataFrame:
             "mean_epoch_s": float(group.mean_epoch_s.mean()),
             "te_share": float(group.te_share.mean()),
             "epoch_time_ratio": float(group.mean_epoch_s.mean() / base.mean_epoch_s.mean()) if len(base) else math.nan,
-            "pairs": 0, "speedup_epochs": math.nan, "p_epochs": math.nan,
+            "pairs": 0, "pairs_differing": 0, "speedup_epochs": math.nan, "p_epochs": math.nan,
             "speedup_seconds": math.nan, "p_seconds": math.nan,
             "run_ids": " ".join(str(i) for i in group.run_id),
         }  # fmt: skip
         if variant != baseline and len(base):
-            row["pairs"], row["speedup_epochs"], row["p_epochs"] = _paired(base, group, "epochs_to_target")
-            _, row["speedup_seconds"], row["p_seconds"] = _paired(base, group, "seconds_to_target")
+            row["pairs"], row["pairs_differing"], row["speedup_epochs"], row["p_epochs"] = _paired(
+                base, group, "epochs_to_target"
+            )
+            _, _, row["speedup_seconds"], row["p_seconds"] = _paired(base, group, "seconds_to_target")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -190,18 +230,22 @@ def _statement(row, base_row, target: tuple[float, str] | None, baseline: str) -
         f"{name} vs {baseline}, {row.pairs} paired seeds, target {goal}: "
         f"speedup {row.speedup_epochs:.2f}x in epochs (Wilcoxon p = {_p(row.p_epochs)}), "
         f"{row.speedup_seconds:.2f}x in seconds (p = {_p(row.p_seconds)}); "
-        f"epochs per run cost {row.epoch_time_ratio:.2f}x the baseline's"
+        f"an epoch costs {row.epoch_time_ratio:.2f}x the baseline's"
         f"{missed_text}. "
     )
     significant = not math.isnan(row.p_epochs) and row.p_epochs < ALPHA
     if significant:
         direction = "fewer" if row.speedup_epochs > 1 else "more"
-        text += f"TE needed {direction} epochs to the target (significant at {ALPHA})."
+        text += f"{row.variant} needed {direction} epochs to the target (significant at {ALPHA})."
     else:
         text += f"No significant difference in epochs to the target at {ALPHA}"
-        smallest = 2 / 2 ** row.pairs
+        # Wilcoxon drops tied pairs; n differing pairs can give p no smaller than 2 / 2^n.
+        smallest = 2 / 2**row.pairs_differing
         if smallest >= ALPHA:
-            text += f"; with {row.pairs} pairs the smallest attainable p is {smallest:.4f}, so more seeds are needed"
+            text += (
+                f"; with {row.pairs_differing} pairs that differ the smallest attainable p is {smallest:.4f},"
+                " so more seeds are needed"
+            )
         text += "."
     return text
 
@@ -221,13 +265,17 @@ def build_report(
 ) -> Report:
     if metric not in METRICS:
         raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if target is not None and not 0 < target <= 1:
+    if target is not None and not (math.isfinite(target) and 0 < target <= 1):
         raise UserError(f"--target must be an accuracy in (0, 1], got {target}")
+    if target is None and metric != "test_acc":
+        raise UserError("--metric applies to --target; pass --target too")
+    keys, sweep_targets = sweep_scope(engine, sweep) if sweep is not None else (None, None)
     # The baseline is needed for comparisons even when --variant picks another one.
-    runs, epochs = _load(engine, sweep, dataset, None)
+    runs, epochs = _load(engine, keys, dataset)
     if runs.empty or not runs.counted.any():
         raise UserError("no completed runs match; check --sweep/--dataset/--variant or `tecli runs`")
-    targets = _targets(runs[runs.counted], target, metric)
+    _check_one_configuration(runs[runs.counted])
+    targets = _targets(runs[runs.counted], target, metric, sweep_targets)
     measures = per_run(runs, epochs, targets)
     groups = aggregate(measures, baseline)
     if variant is not None:
@@ -243,7 +291,10 @@ def build_report(
         base = groups[(groups.dataset == row.dataset) & (groups.variant == baseline)]
         base_row = next(base.itertuples()) if len(base) else None
         statements.append(_statement(row, base_row, targets.get(row.dataset), baseline))
-    excluded = runs[~runs.counted].status.value_counts().to_dict()
+    left_out = runs[~runs.counted]
+    if variant is not None:
+        left_out = left_out[left_out.variant.isin({variant, baseline})]
+    excluded = left_out.status.value_counts().to_dict()
     curves = epochs.merge(measures[["run_id", "dataset", "variant", "seed"]], on="run_id")
     curves["cum_seconds"] = curves.sort_values(["run_id", "epoch"]).groupby("run_id").seconds.cumsum()
     return Report(measures, curves, groups, targets, statements, excluded, baseline)

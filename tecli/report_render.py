@@ -111,7 +111,7 @@ def markdown(report: Report, images: list[Path]) -> str:
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records"))
+    return json.loads(frame.to_json(orient="records", double_precision=15))
 
 
 def to_json(report: Report) -> str:
@@ -120,7 +120,7 @@ def to_json(report: Report) -> str:
             "targets": {d: ({"target": t[0], "metric": t[1]} if t else None) for d, t in report.targets.items()},
             "baseline": report.baseline,
             "groups": _records(report.groups),
-            "runs": _records(report.runs.drop(columns=["sweep"])),
+            "runs": _records(report.runs),
             "statements": report.statements,
             "excluded": report.excluded,
         },

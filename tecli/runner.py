@@ -147,7 +147,7 @@ def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, t
         progress.update(task, completed=done, total=total)
 
     def on_epoch(result: EpochResult) -> None:
-        progress.console.print(_epoch_line(result, spec.epochs), soft_wrap=True)
+        progress.console.print(_epoch_line(result, spec.epochs, spec.te is not None), soft_wrap=True)
         progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
 
     with progress:
@@ -169,8 +169,13 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _epoch_line(r: EpochResult, epochs: int) -> str:
-    te = f", TE {r.te_share:5.1%} of time, mean TE {r.te_mean:.4f} max {r.te_max:.3f} bits" if r.te_mean is not None else ""
+def _epoch_line(r: EpochResult, epochs: int, is_te: bool) -> str:
+    if not is_te:
+        te = ""
+    elif r.te_mean is None:
+        te = f", TE {r.te_share:5.1%} of time, no TE refresh yet"
+    else:
+        te = f", TE {r.te_share:5.1%} of time, mean TE {r.te_mean:.4f} max {r.te_max:.3f} bits"
     return (
         f"epoch {r.epoch:>3}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
         f"test loss {r.test_loss:.4f} acc {r.test_acc:.4f}  {r.seconds:6.2f} s{te}"

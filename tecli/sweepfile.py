@@ -101,13 +101,20 @@ def _values(where: _Where, table: dict, rules: dict[str, Rule], *keys: str) -> d
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; UserError (one line) on any problem."""
-    from tecli.data import DATASET_NAMES
-
     path = Path(path)
     try:
         source = path.read_text()
     except OSError as error:
         raise UserError(f"cannot read the sweep file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (TOML must be UTF-8)") from None
+    return parse_sweep(source, path)
+
+
+def parse_sweep(source: str, path: Path) -> SweepSpec:
+    """Validate a sweep file's text (`path` names it in messages) and expand it to RunSpecs."""
+    from tecli.data import DATASET_NAMES
+
     try:
         doc = tomllib.loads(source)
     except tomllib.TOMLDecodeError as error:

@@ -11,7 +11,8 @@ te:       reached 4/4, epochs 1, 2, 2, 2 -> mean 1.75, std 0.5, median 2; second
 paired seeds 0, 1, 3: epochs 2, 3, 1 vs 1, 2, 2 -> speedup 2 / (5/3) = 1.2;
                       seconds 2, 3, 1 vs 1.5, 3, 3 -> speedup 2 / 2.5 = 0.8
 epoch time ratio 1.5; TE share 0.2.
-mnist: two te runs and no baseline. One failed and one interrupted usps run are not counted.
+mnist: three te runs (one recorded by `tecli run`, outside the sweep) and no baseline.
+One failed and one interrupted usps run (seeds outside the sweep's grid) are not counted.
 """
 
 import base64
@@ -30,7 +31,7 @@ from tecli.recording import finish_run, insert_run, record_epoch
 from tecli.spec import RunSpec, TEConfig
 from tecli.store import open_database
 from tecli.sweep import register
-from tecli.sweepfile import SweepSpec
+from tecli.sweepfile import parse_sweep
 
 BASE = {0: (0.80, 0.91, 0.95), 1: (0.85, 0.88, 0.92), 2: (0.70, 0.80, 0.85), 3: (0.90, 0.93, 0.94)}
 TE = {0: (0.92, 0.93, 0.95), 1: (0.85, 0.91, 0.93), 2: (0.88, 0.90, 0.91), 3: (0.89, 0.95, 0.96)}
@@ -49,20 +50,31 @@ class EpochRow:
     te_max: float | None = None
 
 
+SWEEP = """
+name = "s"
+seeds = [0, 1, 2, 3]
+[defaults]
+epochs = 3
+[datasets.usps]
+target = 0.9
+[datasets.mnist]
+target = 0.99
+[variants.baseline]
+te = false
+[variants.te]
+te = true
+"""
+
+
 @pytest.fixture
 def db(tmp_path):
     path = str(tmp_path / "report.db")
     engine = open_database(path)
-    sweep = SweepSpec(
-        name="s", path=tmp_path / "s.toml", source="name = 's'", source_hash="h" * 64,
-        targets={"usps": {"target": 0.9, "metric": "test_acc"}, "mnist": {"target": 0.99, "metric": "test_acc"}},
-        runs=(),
-    )  # fmt: skip
-    sweep_id = register(engine, sweep)
+    sweep_id = register(engine, parse_sweep(SWEEP, tmp_path / "s.toml"))
 
-    def add(dataset, seed, te, accs, seconds, te_seconds, status="completed"):
-        spec = RunSpec(dataset=dataset, seed=seed, epochs=3, te=TEConfig() if te else None)
-        run_id = insert_run(engine, spec, "test copy", "cpu", 1, sweep_id)
+    def add(dataset, seed, te, accs, seconds, te_seconds, status="completed", in_sweep=True, lr=0.01):
+        spec = RunSpec(dataset=dataset, seed=seed, epochs=3, lr=lr, te=TEConfig() if te else None)
+        run_id = insert_run(engine, spec, "test copy", "cpu", 1, sweep_id if in_sweep else None)
         for epoch, acc in enumerate(accs, 1):
             record_epoch(engine, run_id, EpochRow(epoch, acc, seconds, te_seconds))
         finish_run(engine, run_id, status)
@@ -74,11 +86,12 @@ def db(tmp_path):
     add("mnist", 1, True, (0.97, 0.985, 0.989), 2.0, 0.1)
     add("usps", 9, False, (0.5,), 1.0, 0.0, status="failed")
     add("usps", 8, True, (0.5,), 1.0, 0.0, status="interrupted")
-    return path
+    add("mnist", 2, True, (0.99, 0.995, 0.995), 2.0, 0.1, in_sweep=False)  # in the grid, run by `tecli run`
+    return path, add
 
 
 def report(db, *args):
-    result = CliRunner().invoke(app, ["report", "--db", db, *args])
+    result = CliRunner().invoke(app, ["report", "--db", db[0], *args])
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -105,6 +118,20 @@ def test_json_numbers_equal_hand_computed_values(db):
     assert runs[9]["epochs_to_target"] == 2 and runs[10]["epochs_to_target"] is None
     assert data["excluded"] == {"failed": 1, "interrupted": 1}
     assert data["targets"]["usps"] == {"target": 0.9, "metric": "test_acc"}
+    assert groups["mnist", "te"]["run_ids"] == "9 10 13" and groups["mnist", "te"]["n_reached"] == 2
+
+
+def test_sweep_scope_is_the_grid_of_the_sweep_file(db):
+    db[1]("usps", 0, False, (0.99, 0.99, 0.99), 1.0, 0.0, in_sweep=False, lr=0.05)  # another experiment
+    result = CliRunner().invoke(app, ["report", "--db", db[0]])
+    assert result.exit_code == 2
+    assert "usps/baseline runs have 2 different configurations (e.g. runs 1 and 14); pass --sweep" in result.output
+    data = json.loads(report(db, "--format", "json", "--sweep", "s"))
+    groups = {(g["dataset"], g["variant"]): g for g in data["groups"]}
+    assert groups["usps", "baseline"]["run_ids"] == "1 3 5 7"  # run 14 is not in the grid
+    assert groups["mnist", "te"]["run_ids"] == "9 10 13"  # run 13 is, though recorded outside the sweep
+    assert groups["usps", "te"]["speedup_epochs"] == pytest.approx(1.2)
+    assert data["excluded"] == {}  # the failed and interrupted runs' seeds are not in the grid
 
 
 def test_statements_say_what_the_data_supports(db):
@@ -113,7 +140,7 @@ def test_statements_say_what_the_data_supports(db):
     assert statements[1].startswith("usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs")
     assert "1 of 4 baseline runs never reached 0.9 test_acc" in statements[1]
     assert "No significant difference in epochs to the target at 0.05" in statements[1]
-    assert "with 3 pairs the smallest attainable p is 0.2500" in statements[1]
+    assert "with 3 pairs that differ the smallest attainable p is 0.2500" in statements[1]
 
 
 def test_csv_parses_back_to_the_same_numbers(db):
@@ -142,7 +169,7 @@ def test_markdown_whole(db):
 def test_html_file_holds_the_plots(db, tmp_path):
     out = tmp_path / "out" / "r.html"
     out.parent.mkdir()
-    CliRunner().invoke(app, ["report", "--db", db, "--format", "html", "--output", str(out)])
+    CliRunner().invoke(app, ["report", "--db", db[0], "--format", "html", "--output", str(out)])
     text = out.read_text()
     assert (tmp_path / "out" / "r-usps.png").is_file() and (tmp_path / "out" / "r-mnist.png").is_file()
     images = text.split('src="data:image/png;base64,')[1:]
@@ -157,13 +184,16 @@ def test_html_file_holds_the_plots(db, tmp_path):
         (["--format", "pdf"], "--format must be one of"),
         (["--metric", "loss"], "--metric must be one of"),
         (["--target", "90"], "--target must be an accuracy"),
-        (["--sweep", "nope"], "no completed runs match"),
+        (["--sweep", "nope"], "no sweep named 'nope'"),
+        (["--dataset", "cifar10"], "no completed runs match"),
         (["--variant", "nope"], "no completed runs of variant 'nope'"),
-        (["--output", "/nonexistent/r.md"], "--output folder /nonexistent does not exist"),
+        (["--format", "markdown", "--output", "/nonexistent/r.md"], "--output folder /nonexistent does not exist"),
+        (["--output", "r.md"], "--output needs a file format"),
+        (["--metric", "train_acc"], "--metric applies to --target"),
     ],
 )
 def test_report_mistakes(db, args, message):
-    result = CliRunner().invoke(app, ["report", "--db", db, *args])
+    result = CliRunner().invoke(app, ["report", "--db", db[0], *args])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert message in result.output
 
@@ -183,7 +213,7 @@ Epochs and seconds to target: mean ± std (median) over the runs that reached th
 
 ## What the numbers say
 
-- usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = P_EPOCHS), 0.80x in seconds (p = P_SECONDS); epochs per run cost 1.50x the baseline's (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05; with 3 pairs the smallest attainable p is 0.2500, so more seeds are needed.
+- usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = P_EPOCHS), 0.80x in seconds (p = P_SECONDS); an epoch costs 1.50x the baseline's (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05; with 3 pairs that differ the smallest attainable p is 0.2500, so more seeds are needed.
 
 ## Runs
 

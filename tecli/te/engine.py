@@ -72,29 +72,41 @@ def _row_popcounts(c):
     return out
 
 
-def _pair_counts_body(a, b, c, pairs):
-    """Per pair (source i, target j): #(a_j & c_i), #(b_j & c_i), #(a_j & b_j & c_i)."""
-    n_pairs = pairs.shape[0]
-    out = np.empty((n_pairs, 3), np.int64)
-    for p in nb.prange(n_pairs):
-        i = pairs[p, 0]
-        j = pairs[p, 1]
-        n_ac = 0
-        n_bc = 0
-        n_abc = 0
-        for w in range(a.shape[1]):
-            ac = a[j, w] & c[i, w]
-            n_ac += _popcount(ac)
-            n_bc += _popcount(b[j, w] & c[i, w])
-            n_abc += _popcount(ac & b[j, w])
-        out[p, 0] = n_ac
-        out[p, 1] = n_bc
-        out[p, 2] = n_abc
+@nb.njit(inline="always")
+def _count_pair(a, b, c, i, j, out, p):
+    """out[p] = #(a_j & c_i), #(b_j & c_i), #(a_j & b_j & c_i)."""
+    n_ac = 0
+    n_bc = 0
+    n_abc = 0
+    for w in range(a.shape[1]):
+        ac = a[j, w] & c[i, w]
+        n_ac += _popcount(ac)
+        n_bc += _popcount(b[j, w] & c[i, w])
+        n_abc += _popcount(ac & b[j, w])
+    out[p, 0] = n_ac
+    out[p, 1] = n_bc
+    out[p, 2] = n_abc
+
+
+# Two kernels with their own bodies: Numba's on-disk cache keys on the function's
+# bytecode and signature, not on `parallel`, so one body compiled twice would share
+# (and mix up) a single cache entry.
+@nb.njit(cache=True)
+def _pair_counts_serial(a, b, c, pairs):
+    out = np.empty((pairs.shape[0], 3), np.int64)
+    for p in range(pairs.shape[0]):
+        _count_pair(a, b, c, pairs[p, 0], pairs[p, 1], out, p)
     return out
 
 
-_pair_counts_serial = nb.njit(cache=True)(_pair_counts_body)
-_pair_counts_parallel = nb.njit(cache=True, parallel=True)(_pair_counts_body)
+@nb.njit(cache=True, parallel=True)
+def _pair_counts_parallel(a, b, c, pairs):
+    out = np.empty((pairs.shape[0], 3), np.int64)
+    for p in nb.prange(pairs.shape[0]):
+        _count_pair(a, b, c, pairs[p, 0], pairs[p, 1], out, p)
+    return out
+
+
 # Below this many word operations a parallel launch costs more than it saves, and idle
 # worker threads spinning after it would steal cores from torch during training.
 PARALLEL_MIN_WORK = 1 << 16

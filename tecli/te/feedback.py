@@ -99,13 +99,18 @@ class TEFeedback:
             self._hooks.append(layer.register_forward_hook(self._capture_hook(slot)))
             if config.reach == "backprop":
                 layer.forward = self._scaled_forward(slot)
-        self._warm_up()
+        self._warm_up(batch_size)
 
-    def _warm_up(self) -> None:
-        """Load the engine's compiled kernels now (~0.4 s once per process), not inside epoch 1."""
+    def _warm_up(self, batch_size: int) -> None:
+        """Load the engine's compiled kernels now (~0.4 s once per process), not inside epoch 1.
+
+        A block as long as a real batch (and longer than the delay's history) takes the
+        same kernels as training will.
+        """
+        samples = max(batch_size, self.config.delay + 2)
         for slot in self._slots:
             n_out, n_in = slot.layer.weight.shape
-            slot.window.push(np.zeros((n_in, 2), bool), np.zeros((n_out, 2), bool))
+            slot.window.push(np.zeros((n_in, samples), bool), np.zeros((n_out, samples), bool))
             slot.window.te()
             slot.window.reset()
 
@@ -159,14 +164,12 @@ class TEFeedback:
             slot.factor.view(-1)[slot.flat_index] = values.to(slot.factor.device)
         self._refreshed = True
 
-    def te_stats(self) -> tuple[float, float]:
-        """Mean and max TE (bits) over the active pairs at the last refresh."""
+    def te_stats(self) -> tuple[float | None, float | None]:
+        """Mean and max TE (bits) over the active pairs at the last refresh; None before the first."""
+        if not self._refreshed:
+            return None, None
         values = np.concatenate([slot.te for slot in self._slots])
         return float(values.mean()), float(values.max())
-
-    @property
-    def n_pairs(self) -> int:
-        return sum(len(slot.te) for slot in self._slots)
 
     def close(self) -> None:
         for hook in self._hooks:
