@@ -1,5 +1,5 @@
 """`python -m tecli` runs the command line."""
 
-from tecli.cli import app
+from tecli.cli import run_cli
 
-app(prog_name="tecli")
+run_cli()

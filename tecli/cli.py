@@ -46,7 +46,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def _root(
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
@@ -69,6 +69,13 @@ def _option_name(field: str) -> str:
     return "--" + {"te.lam": "te-lambda"}.get(field, field.replace(".", "-").replace("_", "-"))
 
 
+def _te_option(field: str, help_text: str):
+    """A --te-* option: None unless given, so a TE parameter without --te can be caught."""
+    default = getattr(TEConfig, field)
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return typer.Option(None, help=f"{help_text} [default: {shown}]")
+
+
 def _parse_layers(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -86,16 +93,16 @@ def run(
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     batch_size: int = typer.Option(64, help="Mini-batch size."),
     weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
-    te_threshold: float = typer.Option(TEConfig.threshold, help="Binarization threshold g of hidden (ReLU) outputs."),
-    te_threshold_out: float = typer.Option(TEConfig.threshold_out, help="Threshold of the class layer's softmax outputs."),
-    te_window: int = typer.Option(TEConfig.window, help="TE window in samples (rounded up to whole batches)."),
-    te_refresh: int = typer.Option(TEConfig.refresh, help="Recompute TE every N batches."),
-    te_fraction: float = typer.Option(TEConfig.fraction, help="Fraction of neuron pairs that get feedback."),
-    te_delay: int = typer.Option(TEConfig.delay, help="Source delay d of TE (0: same sample)."),
-    te_lambda: float = typer.Option(TEConfig.lam, help="Feedback strength lambda."),
-    te_mode: str = typer.Option(TEConfig.mode, help="amplify (1 + lambda*TE) or dampen (1 - lambda*TE)."),
-    te_layers: str = typer.Option("-1", help="Linear layers with feedback, comma-separated indices (-1: class layer)."),
-    te_reach: str = typer.Option(TEConfig.reach, help="weights: scale weight gradients; backprop: also the error sent back."),
+    te_threshold: Optional[float] = _te_option("threshold", "Binarization threshold g of hidden (ReLU) outputs."),
+    te_threshold_out: Optional[float] = _te_option("threshold_out", "Threshold of the class layer's softmax outputs."),
+    te_window: Optional[int] = _te_option("window", "TE window in samples (rounded up to whole batches)."),
+    te_refresh: Optional[int] = _te_option("refresh", "Recompute TE every N batches."),
+    te_fraction: Optional[float] = _te_option("fraction", "Fraction of neuron pairs that get feedback."),
+    te_delay: Optional[int] = _te_option("delay", "Source delay d of TE (0: same sample)."),
+    te_lambda: Optional[float] = _te_option("lam", "Feedback strength lambda."),
+    te_mode: Optional[str] = _te_option("mode", "amplify (1 + lambda*TE) or dampen (1 - lambda*TE)."),
+    te_layers: Optional[str] = _te_option("layers", "Linear layers with feedback, comma-separated (-1: class layer)."),
+    te_reach: Optional[str] = _te_option("reach", "weights: scale weight gradients; backprop: also the error sent back."),
     te_subset_seed: Optional[int] = typer.Option(None, help="Seed of the pair subset (default: --seed)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -104,23 +111,16 @@ def run(
 ) -> None:
     """Train one model (baseline, or with --te the TE-feedback variant) and record every epoch."""
     with _user_errors():
-        te_config = (
-            TEConfig(
-                threshold=te_threshold,
-                threshold_out=te_threshold_out,
-                window=te_window,
-                refresh=te_refresh,
-                fraction=te_fraction,
-                delay=te_delay,
-                lam=te_lambda,
-                mode=te_mode,
-                layers=_parse_layers(te_layers),
-                reach=te_reach,
-                subset_seed=te_subset_seed,
-            )
-            if te
-            else None
-        )
+        given = {
+            "threshold": te_threshold, "threshold_out": te_threshold_out, "window": te_window,
+            "refresh": te_refresh, "fraction": te_fraction, "delay": te_delay, "lam": te_lambda,
+            "mode": te_mode, "layers": _parse_layers(te_layers) if te_layers is not None else None,
+            "reach": te_reach, "subset_seed": te_subset_seed,
+        }  # fmt: skip
+        given = {name: value for name, value in given.items() if value is not None}
+        if given and not te:
+            raise UserError(f"{_option_name('te.' + next(iter(given)))} needs --te (a baseline run has no TE feedback)")
+        te_config = TEConfig(**given) if te else None
         spec = RunSpec(
             dataset=dataset,
             seed=seed,
@@ -325,10 +325,11 @@ def db_current(db: Optional[str] = _db_option()) -> None:
     """Print the database's schema revision (without upgrading it)."""
     with _user_errors():
         from tecli import migrate
-        from tecli.store import create_db_engine
+        from tecli.store import create_db_engine, database_errors
 
         engine = create_db_engine(db)
-        revision = migrate.current(engine)
+        with database_errors(engine):
+            revision = migrate.current(engine)
         head = migrate.head()
         state = "head" if revision == head else f"behind head {head}; `tecli db upgrade` upgrades it"
         typer.echo(f"{revision or 'empty'} ({state})")
@@ -341,3 +342,20 @@ def db_history() -> None:
 
     for revision, down, message in migrate.history():
         typer.echo(f"{down or '<base>'} -> {revision}: {message}")
+
+
+def run_cli() -> None:
+    """Console entry point: like app(), but click's usage errors are one line as well."""
+    import sys
+
+    usage_error = typer.BadParameter.__base__  # click's UsageError, which typer vendors without exporting it
+    try:
+        code = app(prog_name="tecli", standalone_mode=False)
+    except usage_error as error:
+        if error.format_message():  # empty after `tecli` alone, which has printed the help
+            where = error.ctx.command_path if error.ctx else "tecli"
+            typer.echo(f"error: {error.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code or 0)

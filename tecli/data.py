@@ -56,7 +56,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from tecli.errors import UserError
-from tecli.paths import cache_dir, data_root
+from tecli.paths import cache_dir, data_root, writable_folder
 
 if TYPE_CHECKING:  # torch is imported when data is loaded, so the registry stays light
     import torch
@@ -267,7 +267,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> DataSp
     folders = list(dict.fromkeys([root, cache_dir() / "downloads"]))
     found = _find(spec, folders)
     if found is None:
-        failure = _download(spec, root if _writable(root) else cache_dir() / "downloads")
+        failure = _download(spec, root if writable_folder(root) else cache_dir() / "downloads")
         found = _find(spec, folders)
         if found is None:
             expected = " or ".join(" + ".join(copy.files) for copy in spec.copies)
@@ -277,7 +277,16 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> DataSp
                 "put the files there, or pass --data-dir / set TECLI_DATA_DIR to the folder that holds them"
             )
     copy, folder = found
-    return _to_splits(spec, copy.label, _read_cached(spec, copy, folder))
+    try:
+        arrays = _read_cached(spec, copy, folder)
+    except UserError:
+        raise
+    except Exception as error:  # truncated or corrupt files fail in many ways (zip, HDF5, torchvision)
+        raise UserError(
+            f"cannot read {spec.name} from {copy.label} in {folder}: {type(error).__name__}: "
+            f"{' '.join(str(error).split())}; the file may be corrupt, replace it"
+        ) from None
+    return _to_splits(spec, copy.label, arrays)
 
 
 def _find(spec: _Dataset, folders: list[Path]):
@@ -287,18 +296,6 @@ def _find(spec: _Dataset, folders: list[Path]):
             if all((folder / f).is_file() for f in copy.files):
                 return copy, folder
     return None
-
-
-def _writable(folder: Path) -> bool:
-    """An existing folder we may write and that is not marked read-only.
-
-    Root may write anywhere, but a folder with no write bits is meant to stay untouched.
-    """
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return folder.is_dir() and bool(mode & 0o222) and os.access(folder, os.W_OK)
 
 
 def _download(spec: _Dataset, target: Path) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tecli.spec import LINEAR_LAYERS
+
 # (channels, height, width) -> conv blocks as (out_channels, kernel, padding)
 CONV_BLOCKS: dict[tuple[int, int, int], tuple[tuple[int, int, int], ...]] = {
     (1, 8, 8): ((16, 3, 1),),  # digits -> 16 x 4 x 4
@@ -21,6 +23,7 @@ CONV_BLOCKS: dict[tuple[int, int, int], tuple[tuple[int, int, int], ...]] = {
     (3, 96, 96): ((32, 5, 2), (64, 3, 1), (64, 3, 1), (64, 3, 1)),  # stl10 -> 64 x 6 x 6
 }
 HIDDEN = (120, 84)
+assert len(HIDDEN) + 1 == LINEAR_LAYERS  # spec validates --te-layers against this count
 
 
 class ConvNet(nn.Module):

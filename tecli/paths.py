@@ -15,6 +15,18 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "tecli"
 
 
+def writable_folder(folder: Path) -> bool:
+    """An existing folder we may write and that is not marked read-only.
+
+    Root may write anywhere, but a folder with no write bits is meant to stay untouched.
+    """
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return folder.is_dir() and bool(mode & 0o222) and os.access(folder, os.W_OK)
+
+
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """Data root: the --data-dir argument, else TECLI_DATA_DIR, else <cache>/data."""
     if data_dir:

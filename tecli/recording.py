@@ -3,9 +3,10 @@ per finished epoch, a heartbeat while it trains, and its final status.
 
 A run that dies without saying so (kill -9, power loss) stays `running` in the
 database. The next time any tecli command opens the database it marks such a run
-`interrupted` when its process is gone (same host: the pid no longer exists) or
-its heartbeat is older than STALE_AFTER (any host; a live run beats every
-HEARTBEAT_SECONDS from a background thread, also in the middle of a long epoch).
+`interrupted` when its process is gone: on the same host, when its pid no longer
+exists or now belongs to a process started after the run; on another host, when
+its heartbeat is older than STALE_AFTER (a live run beats every HEARTBEAT_SECONDS
+from a background thread, also in the middle of a long epoch).
 Finished epochs are never touched.
 """
 
@@ -16,11 +17,13 @@ import os
 import platform
 import socket
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tecli import __version__
@@ -80,13 +83,13 @@ def record_epoch(engine: Engine, run_id: int, result) -> None:
         session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
 
 
-def finish_run(engine: Engine, run_id: int, status: str, error: str | None = None) -> None:
+def finish_run(engine: Engine, run_id: int, status: str, error: str | None = None, only_if_running: bool = False) -> None:
+    """Set the final status; with only_if_running, leave a run that already has one alone."""
+    query = update(Run).where(Run.id == run_id)
+    if only_if_running:
+        query = query.where(Run.status == "running")
     with Session(engine) as session, session.begin():
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id)
-            .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
-        )
+        session.execute(query.values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow()))
 
 
 class Heartbeat:
@@ -101,8 +104,11 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
-            with Session(self._engine) as session, session.begin():
-                session.execute(update(Run).where(Run.id == self._run_id).values(heartbeat_at=utcnow()))
+            try:
+                with Session(self._engine) as session, session.begin():
+                    session.execute(update(Run).where(Run.id == self._run_id).values(heartbeat_at=utcnow()))
+            except SQLAlchemyError:
+                pass  # a busy database must not end the beat; the next one tries again
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -113,14 +119,26 @@ class Heartbeat:
         self._thread.join()
 
 
-def _process_alive(pid: int) -> bool:
+def _process_started(pid: int) -> float | None:
+    """Start time (epoch seconds) of a process from /proc, or None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+
+
+def _run_process_alive(pid: int, run_started: datetime) -> bool:
+    """Is the run's process still there? A pid reused by a later process does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        pass  # exists, owned by someone else
+    started = _process_started(pid)
+    return started is None or started <= run_started.replace(tzinfo=timezone.utc).timestamp() + 5
 
 
 def mark_dead_runs(engine: Engine) -> list[int]:
@@ -129,12 +147,12 @@ def mark_dead_runs(engine: Engine) -> list[int]:
     stale_before = utcnow() - STALE_AFTER
     with Session(engine) as session, session.begin():
         running = session.execute(
-            select(Run.id, Run.host, Run.pid, Run.heartbeat_at).where(Run.status == "running")
+            select(Run.id, Run.host, Run.pid, Run.started_at, Run.heartbeat_at).where(Run.status == "running")
         ).all()
         dead = [
             run_id
-            for run_id, run_host, pid, heartbeat_at in running
-            if heartbeat_at < stale_before or (run_host == host and not _process_alive(pid))
+            for run_id, run_host, pid, started_at, heartbeat_at in running
+            if (not _run_process_alive(pid, started_at) if run_host == host else heartbeat_at < stale_before)
         ]
         if dead:
             session.execute(

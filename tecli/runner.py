@@ -89,7 +89,7 @@ def execute(
     """Train and record one run; returns (run id, epoch results).
 
     A UserError in set-up (data, model) records nothing, unless record_setup_errors
-    (sweeps), where the run is recorded as failed with the message.
+    (sweeps), where any set-up error is recorded as a failed run with its message.
     """
     from tecli.data import load_dataset
     from tecli.recording import Heartbeat, finish_run, insert_run, record_epoch
@@ -99,11 +99,11 @@ def execute(
     try:
         data = load_dataset(spec.dataset, data_dir)
         epochs = train(spec, data, device=device, on_batch=on_batch)
-    except UserError as error:
+    except Exception as error:
         if not record_setup_errors:
             raise
         run_id = insert_run(engine, spec, "-", device, threads, sweep_id)
-        finish_run(engine, run_id, "failed", str(error))
+        finish_run(engine, run_id, "failed", str(error) if isinstance(error, UserError) else traceback.format_exc())
         raise RunFailed(run_id, error) from None
     run_id = insert_run(engine, spec, data.copy, device, threads, sweep_id)
     if on_start:

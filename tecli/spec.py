@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tecli.errors import UserError
 
 TE_MODES = ("amplify", "dampen")
+# Every tecli model has two hidden Linear layers and the class layer (models.HIDDEN).
+LINEAR_LAYERS = 3
 TE_REACHES = ("weights", "backprop")
 
 
@@ -36,7 +39,12 @@ def _int(expect: str, ok=lambda v: True) -> Rule:
 
 
 def _float(expect: str, ok=lambda v: True) -> Rule:
-    return Rule(float, f"a number {expect}".strip(), ok)
+    return Rule(float, f"a finite number {expect}".strip(), lambda v: math.isfinite(v) and ok(v))
+
+
+def _layer_indices(values: tuple[int, ...]) -> bool:
+    in_range = all(-LINEAR_LAYERS <= v < LINEAR_LAYERS for v in values)
+    return 0 < len(values) and in_range and len({v % LINEAR_LAYERS for v in values}) == len(values)
 
 
 def _choice(options: tuple[str, ...]) -> Rule:
@@ -60,7 +68,11 @@ TE_RULES: dict[str, Rule] = {
     "delay": _int(">= 0", lambda v: v >= 0),
     "lam": _float(">= 0", lambda v: v >= 0),
     "mode": _choice(TE_MODES),
-    "layers": Rule(list, "a non-empty list of distinct integers such as [-1]", lambda v: 0 < len(v) == len(set(v))),
+    "layers": Rule(
+        list,
+        f"Linear layer indices from -{LINEAR_LAYERS} to {LINEAR_LAYERS - 1}, each layer once, such as [-1]",
+        _layer_indices,
+    ),
     "reach": _choice(TE_REACHES),
     "subset_seed": _int(">= 0", lambda v: v >= 0),
 }
@@ -79,6 +91,8 @@ def check_value(where: str, rule: Rule, value: Any) -> Any:
         good_type = isinstance(value, rule.kind) and not isinstance(value, bool)
     if not (good_type and rule.ok(value)):
         raise UserError(f"{where}: expected {rule.expect}, got {value!r}")
+    if rule.kind is list:
+        value = tuple(sorted(v % LINEAR_LAYERS - LINEAR_LAYERS for v in value))  # one spelling per choice
     return value
 
 
@@ -165,5 +179,3 @@ class RunSpec:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-
-TE_FIELDS = tuple(f.name for f in fields(TEConfig))

@@ -15,6 +15,9 @@ writers queue on the lock instead of failing on a read-to-write upgrade.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,10 +35,11 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from tecli.errors import UserError
+from tecli.paths import writable_folder
 
 DEFAULT_DB = "tecli.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -134,10 +138,23 @@ def database_url(db: str | os.PathLike | None = None) -> str:
         raise UserError(f"--db {value} is a folder; pass a database file path such as {path / DEFAULT_DB}")
     if not folder.is_dir():
         raise UserError(f"cannot create the database {path}: folder {folder} does not exist; create it or pass another --db")
-    # A folder without write bits is read-only even for root, who could write anyway.
-    if not (os.access(folder, os.W_OK) and folder.stat().st_mode & 0o222):
+    if not writable_folder(folder):
         raise UserError(f"cannot write the database {path}: folder {folder} is not writable; pass another --db or set TECLI_DB")
     return f"sqlite:///{path}"
+
+
+def _use_wal(cursor) -> None:
+    """Switch the file to WAL (persistent, so once per file). Switching needs the file to
+    itself and may answer "locked" at once, without waiting, while a new file is opened
+    by several processes together; so it is retried for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -146,8 +163,8 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        _use_wal(cursor)
+        cursor.execute("PRAGMA synchronous = FULL")  # a committed epoch survives a power cut
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -171,9 +188,21 @@ def open_database(db: str | os.PathLike | None = None) -> Engine:
     from tecli.recording import mark_dead_runs
 
     engine = create_db_engine(db)
-    try:
+    with database_errors(engine):
         migrate.upgrade(engine)
-    except OperationalError as error:
-        raise UserError(f"cannot open the database {engine.url!r}: {error.orig}; check --db or TECLI_DB") from None
-    mark_dead_runs(engine)
+        mark_dead_runs(engine)
     return engine
+
+
+@contextmanager
+def database_errors(engine: Engine):
+    """Unreachable servers, files that are not databases, schemas newer than this tecli: one line."""
+    from alembic.util import CommandError
+
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        yield
+    except DBAPIError as error:
+        raise UserError(f"cannot use the database {where}: {error.orig}; check --db or TECLI_DB") from None
+    except CommandError as error:
+        raise UserError(f"cannot use the database {where}: {error}; is it from a newer tecli?") from None

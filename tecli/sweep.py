@@ -126,11 +126,14 @@ class LocalProcesses:
         waiting = list(tasks)
         running: dict[int, multiprocessing.Process] = {}
         finished: set[int] = set()
+        run_ids: dict[int, int] = {}
 
         def drain(timeout: float) -> None:
             try:
                 event = events.get(timeout=timeout)
                 while True:
+                    if event.kind == "started":
+                        run_ids[event.index] = event.run_id
                     if event.kind == "finished":
                         finished.add(event.index)
                     report(event)
@@ -138,26 +141,43 @@ class LocalProcesses:
             except queue.Empty:
                 pass
 
+        def died(task: Task, exitcode: int) -> None:
+            """A worker that ended without a word (OOM kill, segfault): its run failed."""
+            message = f"worker died (exit code {exitcode})"
+            run_id = run_ids.get(task.index)
+            if run_id is not None:
+                from tecli.recording import finish_run
+                from tecli.store import create_db_engine
+
+                finish_run(create_db_engine(task.db_url), run_id, "failed", message, only_if_running=True)
+            report(Event(task.index, "finished", run_id=run_id, status="failed", message=message))
+
+        by_index = {task.index: task for task in tasks}
         try:
             while waiting or running:
                 while waiting and len(running) < self.workers:
                     task = waiting.pop(0)
                     process = context.Process(target=_worker, args=(task, events, os.getpid()), daemon=False)
-                    process.start()
+                    # Started with Ctrl-C ignored, so a worker still importing never prints a traceback.
+                    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    try:
+                        process.start()
+                    finally:
+                        signal.signal(signal.SIGINT, previous)
                     running[task.index] = process
                 drain(0.2)
                 for index, process in list(running.items()):
                     if process.exitcode is not None:
                         drain(0.5)  # its last events may still be in the pipe
                         if index not in finished:
-                            report(Event(index, "finished", status="failed", message=f"worker died (exit code {process.exitcode})"))
+                            died(by_index[index], process.exitcode)
                         del running[index]
         except KeyboardInterrupt:
             for process in running.values():
                 if process.exitcode is None:
                     process.terminate()  # SIGTERM: the run records itself as interrupted
-            for process in running.values():
-                process.join()
+            while any(process.exitcode is None for process in running.values()):
+                drain(0.2)  # keep reading while they stop: a full pipe would block them
             drain(0.5)
             raise
 

@@ -27,3 +27,15 @@ def test_help_does_not_import_heavy_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_usage_errors_of_the_installed_command_are_one_line():
+    out = subprocess.run(
+        [sys.executable, "-m", "tecli", "run", "--dataset", "usps", "--epochs", "abc"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: Invalid value for '--epochs': Input should be a valid integer, unable to parse string as an integer "
+        "(see `tecli run --help`)"
+    ]
+    assert out.stdout == ""

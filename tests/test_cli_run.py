@@ -29,16 +29,19 @@ def test_run_digits_baseline_and_te():
     "args, message",
     [
         (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
-        (["--dataset", "digits", "--te", "--te-fraction", "1.5"], "--te-fraction: expected a number in (0, 1], got 1.5"),
+        (["--dataset", "digits", "--te", "--te-fraction", "1.5"], "--te-fraction: expected a finite number in (0, 1], got 1.5"),
         (["--dataset", "digits", "--te", "--te-mode", "louder"], "--te-mode: expected one of amplify, dampen, got 'louder'"),
         (["--dataset", "digits", "--te", "--te-layers", "last"], "--te-layers must be comma-separated integers"),
-        (["--dataset", "digits", "--te", "--te-layers", "-7"], "te layer index -7 out of range"),
+        (["--dataset", "digits", "--te", "--te-layers", "-7"], "--te-layers: expected Linear layer indices from -3 to 2"),
+        (["--dataset", "digits", "--te", "--te-layers", "-1,2"], "each layer once"),
+        (["--dataset", "digits", "--te-lambda", "2"], "--te-lambda needs --te"),
+        (["--dataset", "digits", "--te", "--lr", "inf"], "--lr: expected a finite number > 0"),
         (["--dataset", "digits", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
-        (["--dataset", "digits", "--lr", "-1"], "--lr: expected a number > 0, got -1.0"),
+        (["--dataset", "digits", "--lr", "-1"], "--lr: expected a finite number > 0, got -1.0"),
         (["--dataset", "digits", "--device", "tpu"], "--device must be cpu or cuda"),
         (["--dataset", "digits", "--threads", "0"], "--threads must be >= 1"),
-        (["--dataset", "digits", "--te", "--te-lambda", "-2"], "--te-lambda: expected a number >= 0"),
-        (["--dataset", "digits", "--te", "--te-layers", "-1,-1"], "--te-layers: expected a non-empty list of distinct"),
+        (["--dataset", "digits", "--te", "--te-lambda", "-2"], "--te-lambda: expected a finite number >= 0"),
+        (["--dataset", "digits", "--te", "--te-layers", "-1,-1"], "each layer once"),
     ],
 )
 def test_user_mistakes_end_in_one_line_and_exit_2(args, message):
@@ -48,6 +51,15 @@ def test_user_mistakes_end_in_one_line_and_exit_2(args, message):
     assert len(lines) == 1, result.output
     assert message in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_corrupt_data_file_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TECLI_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    result = invoke("run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot read mnist from npz mnist.npz" in lines[0] and "corrupt" in lines[0]
 
 
 def test_missing_data_offline_is_one_clear_line(tmp_path, monkeypatch):

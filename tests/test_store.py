@@ -78,6 +78,8 @@ def test_dead_and_stale_runs_become_interrupted(tmp_path):
     engine = open_database(tmp_path / "t.db")
     spec = RunSpec(dataset="digits")
     alive = insert_run(engine, spec, "x", "cpu", None)
+    quiet = insert_run(engine, spec, "x", "cpu", None)  # alive, but its heartbeat is old
+    reused = insert_run(engine, spec, "x", "cpu", None)  # its pid now belongs to a later process
     gone = insert_run(engine, spec, "x", "cpu", None)
     far_fresh = insert_run(engine, spec, "x", "cpu", None)
     far_stale = insert_run(engine, spec, "x", "cpu", None)
@@ -89,11 +91,16 @@ def test_dead_and_stale_runs_become_interrupted(tmp_path):
         session.execute(update(Run).where(Run.id == gone).values(pid=child.pid))
         session.execute(update(Run).where(Run.id.in_([far_fresh, far_stale])).values(host="elsewhere"))
         old = utcnow() - STALE_AFTER - timedelta(seconds=1)
-        session.execute(update(Run).where(Run.id == far_stale).values(heartbeat_at=old))
-    assert sorted(mark_dead_runs(engine)) == [gone, far_stale]
+        session.execute(update(Run).where(Run.id.in_([far_stale, quiet])).values(heartbeat_at=old))
+        long_ago = utcnow() - timedelta(days=400)  # before this test process started
+        session.execute(update(Run).where(Run.id == reused).values(started_at=long_ago))
+    assert sorted(mark_dead_runs(engine)) == sorted([gone, far_stale, reused])
     with Session(engine) as session:
         status = dict(session.execute(select(Run.id, Run.status)).all())
-        assert status == {alive: "running", gone: "interrupted", far_fresh: "running", far_stale: "interrupted"}
+        assert status == {
+            alive: "running", quiet: "running", reused: "interrupted", gone: "interrupted",
+            far_fresh: "running", far_stale: "interrupted",
+        }  # fmt: skip
         assert session.scalar(select(func.count()).select_from(Epoch).where(Epoch.run_id == gone)) == 1
 
 

@@ -150,7 +150,7 @@ BAD_FILES = [
     ("", "name: missing", None),
     (TINY.format(epochs=2, extra="").replace("lr = 0.05", "lr = 0.05\nepoch = 3"), "defaults.epoch (line 8): unknown key", None),
     (TINY.format(epochs="'two'", extra=""), "defaults.epochs (line 6): expected an integer >= 1, got 'two'", None),
-    (TINY.format(epochs=2, extra="").replace("lam = 2.0", "lam = -1.0"), "variants.te.lam (line 20): expected a number >= 0", None),
+    (TINY.format(epochs=2, extra="").replace("lam = 2.0", "lam = -1.0"), "variants.te.lam (line 20): expected a finite number >= 0", None),
     (TINY.format(epochs=2, extra="").replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds (line 3): seeds repeat", None),
     (TINY.format(epochs=2, extra="[datasets.nosuch]\n"), "datasets.nosuch (line 14): unknown data set", None),
     (TINY.format(epochs=2, extra="").replace("te = false", "te = false\nlam = 1.0"), "variants.baseline.lam", "te = false"),

@@ -135,3 +135,51 @@ def test_backprop_reach_differs_from_weights_reach(digits):
     weights = metrics(train(replace(BASE, epochs=1, te=TE), digits))
     backprop = metrics(train(replace(BASE, epochs=1, te=replace(TE, reach="backprop")), digits))
     assert weights != backprop
+
+
+def test_capture_schedule_and_refresh_use_exactly_the_window_before_each_refresh(digits):
+    """batch 8, window 16 samples (2 blocks), refresh every 5 batches: batches 3-4 and 8-9 are captured."""
+    torch.manual_seed(0)
+    model = build_model(digits.input_shape, digits.n_classes)
+    config = TEConfig(window=16, refresh=5, fraction=0.5, threshold_out=0.1, delay=0)
+    feedback = TEFeedback(model, config, batch_size=8, seed=1)
+    slot = feedback._slots[0]
+    seen, pushed = [], []
+    last = linear_layers(model)[-1]
+    last.register_forward_hook(lambda m, i, o: seen.append((i[0].detach() > 0, torch.softmax(o.detach(), 1) > 0.1)))
+    real_push = slot.window.push
+    batch = [None]
+    slot.window.push = lambda s, t: (pushed.append(batch[0]), real_push(s, t))
+    refreshed = {}
+    for b in range(10):
+        batch[0] = b
+        feedback.before_batch()
+        x, y = digits.x_train[8 * b : 8 * b + 8], digits.y_train[8 * b : 8 * b + 8]
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        feedback.after_backward()
+        model.zero_grad()
+        if (b + 1) % 5 == 0:
+            refreshed[b] = slot.te.copy()
+    assert pushed == [3, 4, 8, 9]
+    pairs = slot.window.pairs
+    for b, captured in ((4, (3, 4)), (9, (8, 9))):
+        sources = torch.cat([seen[i][0] for i in captured]).numpy().T
+        targets = torch.cat([seen[i][1] for i in captured]).numpy().T
+        np.testing.assert_allclose(refreshed[b], transfer_entropy_pairs(sources, targets, pairs, delay=0), atol=1e-12)
+    assert refreshed[9].max() > 0
+
+
+@pytest.mark.parametrize("reach", ["weights", "backprop"])
+def test_close_removes_hooks_and_forward_override(digits, reach):
+    model = build_model(digits.input_shape, digits.n_classes)
+    feedback = TEFeedback(model, TEConfig(reach=reach, layers=(-2, -1)), batch_size=32, seed=0)
+    assert all(layer._forward_hooks for layer in linear_layers(model)[-2:])
+    feedback.close()
+    assert not any(layer._forward_hooks for layer in linear_layers(model))
+    assert not any("forward" in layer.__dict__ for layer in linear_layers(model))
+
+
+def test_backprop_reach_with_lambda_zero_reproduces_the_baseline(digits):
+    baseline = metrics(train(BASE, digits))
+    te_zero = train(replace(BASE, te=replace(TE, lam=0.0, reach="backprop")), digits)
+    assert [m[:4] for m in metrics(te_zero)] == [m[:4] for m in baseline]

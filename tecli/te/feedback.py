@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from tecli.errors import UserError
 from tecli.models import linear_layers
 from tecli.spec import TEConfig
 from tecli.te.window import SlidingPairTE
@@ -76,12 +75,7 @@ class TEFeedback:
         linears = linear_layers(model)
         self._slots: list[_Slot] = []
         self._hooks = []
-        for index in config.layers:
-            if not -len(linears) <= index < len(linears):
-                raise UserError(
-                    f"te layer index {index} out of range: the model has {len(linears)} Linear layers "
-                    f"(use -{len(linears)} .. {len(linears) - 1})"
-                )
+        for index in config.layers:  # validated and canonical (spec.TE_RULES)
             layer = linears[index]
             n_out, n_in = layer.weight.shape
             n_pairs = max(1, round(config.fraction * n_in * n_out))
