@@ -399,6 +399,8 @@ def _canonical(spec: _Dataset, arrays: Arrays, source: str) -> Arrays:
         in_range = y.size == 0 or 0 <= y.min() <= y.max() < spec.n_classes
         if not (np.issubdtype(y.dtype, np.integer) and y.shape == (len(x),) and in_range):
             raise UserError(f"{source}: {part} labels must be {len(x)} integers in 0..{spec.n_classes - 1}")
+        if x.dtype != np.uint8 and not (np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1):
+            raise UserError(f"{source}: {part} images must be uint8 or floats in [0, 1] (found values outside, or NaN)")
         out[f"x_{part}"] = np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
         out[f"y_{part}"] = y.astype(np.int64)
     return out

@@ -18,7 +18,8 @@ GRID_POINTS = 200
 
 
 def _band(ax, x, values, label):
-    mean, std = values.mean(axis=0), values.std(axis=0)
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)  # as in the tables
     (line,) = ax.plot(x, mean, label=f"{label} (n={len(values)})")
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
 

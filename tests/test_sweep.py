@@ -189,3 +189,27 @@ def test_committed_sweep_files_are_valid(name, datasets, runs):
     assert len(sweep.runs) == runs
     assert {spec.variant for spec in sweep.runs} == {"baseline", "te"}
     assert all(t["target"] is not None for t in sweep.targets.values())
+
+
+def test_sigterm_stops_the_sweep_marks_runs_interrupted_and_the_rerun_resumes(tmp_path):
+    db = tmp_path / "t.db"
+    sweep_file = write(tmp_path, epochs=25)
+    command = [sys.executable, "-m", "tecli", "sweep", str(sweep_file), "--workers", "2", "--db", str(db)]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while _count(db, "running") < 2:
+        assert sweep.poll() is None and time.monotonic() < deadline, "the sweep did not start its runs"
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGTERM)
+    stdout, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    assert "sweep interrupted; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr + stdout
+    assert _count(db, "running") == 0 and _count(db, "interrupted") >= 2
+    assert _count(db, "completed") + _count(db, "interrupted") == len(statuses(db))
+
+    result = invoke("sweep", sweep_file, "--workers", "2", "--db", db)
+    assert result.exit_code == 0, result.output
+    with Session(open_database(db)) as session:
+        completed = session.scalars(select(Run.run_key).where(Run.status == "completed")).all()
+    assert sorted(completed) == sorted(spec.run_key() for spec in load_sweep(sweep_file).runs)
