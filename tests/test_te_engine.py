@@ -140,3 +140,9 @@ def test_empty_pairs_give_empty_result():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("bad", [[0, 1, 256], [0, 1, -255], [0, 2, 1], [-1, 0, 1]])
+def test_values_that_wrap_in_uint8_are_not_binary(bad):
+    with pytest.raises(ValueError, match="binary"):
+        transfer_entropy(np.array(bad, dtype=np.int64), np.array([0, 1, 1]))

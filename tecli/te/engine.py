@@ -204,9 +204,11 @@ def as_binary(series, name: str, ndim: int) -> np.ndarray:
         return np.ascontiguousarray(arr).view(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must be binary (bool or 0/1 integers), got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > 1):
+    small = np.ascontiguousarray(arr, dtype=np.uint8)
+    # uint8 wraps 256 to 0 and -1 to 255: equal to the input and <= 1 means exactly 0/1.
+    if small.size and ((small > 1).any() or not np.array_equal(small, arr)):
         raise ValueError(f"{name} must be binary (0/1), found values outside {{0, 1}}")
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    return small
 
 
 def check_delay(delay, length: int) -> int:
