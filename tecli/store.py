@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -42,6 +43,9 @@ from tecli.errors import UserError
 from tecli.paths import writable_folder
 
 DEFAULT_DB = "tecli.db"
+# The newest migration in migrations/versions (a test keeps the two equal). Knowing it
+# here lets an up-to-date database open without importing Alembic.
+SCHEMA_HEAD = "0001"
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -184,25 +188,37 @@ def create_db_engine(db: str | os.PathLike | None = None) -> Engine:
 
 def open_database(db: str | os.PathLike | None = None) -> Engine:
     """Engine for the database, upgraded to the newest schema, with dead runs marked interrupted."""
-    from tecli import migrate
     from tecli.recording import mark_dead_runs
 
     engine = create_db_engine(db)
     with database_errors(engine):
-        migrate.upgrade(engine)
+        if _schema_revision(engine) != SCHEMA_HEAD:
+            from alembic.util import CommandError
+
+            from tecli import migrate
+
+            try:
+                migrate.upgrade(engine)
+            except CommandError as error:
+                where = engine.url.render_as_string(hide_password=True)
+                raise UserError(f"cannot upgrade the database {where}: {error}; is it from a newer tecli?") from None
         mark_dead_runs(engine)
     return engine
 
 
+def _schema_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision, read directly; None for a database without one."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
 @contextmanager
 def database_errors(engine: Engine):
-    """Unreachable servers, files that are not databases, schemas newer than this tecli: one line."""
-    from alembic.util import CommandError
-
+    """Unreachable servers, files that are not databases: one line."""
     where = engine.url.render_as_string(hide_password=True)
     try:
         yield
     except DBAPIError as error:
         raise UserError(f"cannot use the database {where}: {error.orig}; check --db or TECLI_DB") from None
-    except CommandError as error:
-        raise UserError(f"cannot use the database {where}: {error}; is it from a newer tecli?") from None

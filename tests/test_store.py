@@ -17,7 +17,7 @@ from tecli import migrate
 from tecli.errors import UserError
 from tecli.recording import STALE_AFTER, finish_run, insert_run, mark_dead_runs, record_epoch
 from tecli.spec import RunSpec, TEConfig
-from tecli.store import Base, Epoch, Run, create_db_engine, database_url, open_database, utcnow
+from tecli.store import SCHEMA_HEAD, Base, Epoch, Run, create_db_engine, database_url, open_database, utcnow
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class FakeEpoch:
     te_seconds: float = 0.02
     te_mean: float | None = 0.01
     te_max: float | None = 0.3
+
+
+def test_schema_head_constant_is_the_newest_migration():
+    assert SCHEMA_HEAD == migrate.head()
 
 
 def test_upgrade_from_empty_to_head_matches_the_models(tmp_path):
@@ -158,3 +162,10 @@ def test_bad_db_is_a_user_error(tmp_path, make_db, message):
     locked.chmod(0o555)
     with pytest.raises(UserError, match=message):
         database_url(make_db(tmp_path))
+
+
+def test_a_file_that_is_not_a_database_is_a_user_error(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(UserError, match="cannot use the database .*notes.db: file is not a database"):
+        open_database(path)
