@@ -234,7 +234,9 @@ def _statement(row, base_row, target: tuple[float, str] | None, baseline: str) -
         f"{missed_text}. "
     )
     significant = not math.isnan(row.p_epochs) and row.p_epochs < ALPHA
-    if significant:
+    if row.pairs_differing == 0:
+        text += "Every paired seed reached the target in the same epoch: no difference in epochs."
+    elif significant:
         direction = "fewer" if row.speedup_epochs > 1 else "more"
         text += f"{row.variant} needed {direction} epochs to the target (significant at {ALPHA})."
     else:

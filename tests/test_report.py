@@ -232,3 +232,16 @@ Not counted (not completed, or an older completed run of the same key): 1 failed
 """.replace("P_EPOCHS", f"{wilcoxon([2, 3, 1], [1, 2, 2]).pvalue:.3f}").replace(
     "P_SECONDS", f"{wilcoxon([2.0, 3.0, 1.0], [1.5, 3.0, 3.0]).pvalue:.3f}"
 )
+
+
+def test_identical_pairs_are_said_to_show_no_difference(tmp_path):
+    engine = open_database(tmp_path / "same.db")
+    sweep_id = register(engine, parse_sweep(SWEEP.replace("[datasets.mnist]\ntarget = 0.99\n", ""), tmp_path / "s.toml"))
+    for seed in range(3):
+        for te in (False, True):
+            run_id = insert_run(engine, RunSpec(dataset="usps", seed=seed, epochs=3, te=TEConfig() if te else None), "c", "cpu", 1, sweep_id)
+            for epoch, acc in enumerate((0.5, 0.95, 0.96), 1):
+                record_epoch(engine, run_id, EpochRow(epoch, acc, 1.0, 0.1 if te else 0.0))
+            finish_run(engine, run_id, "completed")
+    statements = json.loads(report((str(tmp_path / "same.db"),), "--format", "json"))["statements"]
+    assert statements[0].endswith("Every paired seed reached the target in the same epoch: no difference in epochs.")
