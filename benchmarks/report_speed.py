@@ -15,11 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tecli.epoch import EpochResult
 from tecli.recording import finish_run, insert_run, record_epoch
 from tecli.spec import RunSpec, TEConfig
 from tecli.store import open_database
@@ -27,19 +27,6 @@ from tecli.sweep import register
 from tecli.sweepfile import SweepSpec
 
 DATASETS = ("usps", "mnist", "fashionmnist", "cifar10", "svhn")
-
-
-@dataclass(frozen=True)
-class EpochRow:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    seconds: float
-    te_seconds: float
-    te_mean: float | None
-    te_max: float | None
 
 
 def fill(path: str) -> None:
@@ -54,7 +41,7 @@ def fill(path: str) -> None:
                 run_id = insert_run(engine, spec, "synthetic", "cpu", 1, sweep_id)
                 acc = 1 - 0.5 * np.exp(-np.arange(1, 51) / rng.uniform(5, 15))
                 for epoch in range(1, 51):
-                    record_epoch(engine, run_id, EpochRow(epoch, 0.1, acc[epoch - 1], 0.2, acc[epoch - 1],
+                    record_epoch(engine, run_id, EpochResult(epoch, 0.1, acc[epoch - 1], 0.2, acc[epoch - 1],
                                                           1.0, 0.03 if te else 0.0, 0.05 if te else None, 0.4 if te else None))  # fmt: skip
                 finish_run(engine, run_id, "completed")
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tecli import __version__
+from tecli.epoch import EpochResult
 from tecli.spec import RunSpec
 from tecli.store import Epoch, Run, utcnow
 
@@ -76,8 +77,8 @@ def insert_run(
         return run.id
 
 
-def record_epoch(engine: Engine, run_id: int, result) -> None:
-    """Store one finished epoch (an EpochResult) in its own transaction."""
+def record_epoch(engine: Engine, run_id: int, result: EpochResult) -> None:
+    """Store one finished epoch in its own transaction."""
     with Session(engine) as session, session.begin():
         session.add(Epoch(run_id=run_id, **dataclasses.asdict(result)))
         session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))

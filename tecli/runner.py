@@ -25,7 +25,7 @@ from tecli.spec import RunSpec
 
 if TYPE_CHECKING:
     from tecli.data import DataSplits
-    from tecli.train import EpochResult
+    from tecli.epoch import EpochResult
 
 
 class RunFailed(Exception):

@@ -13,34 +13,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tecli.data import DataSplits
+from tecli.epoch import EpochResult
 from tecli.models import build_model
 from tecli.spec import RunSpec
 from tecli.te.feedback import TEFeedback
 
 EVAL_BATCH = 1024
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    epoch: int  # 1-based
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    seconds: float  # wall time of the epoch: training, TE work and test evaluation
-    te_seconds: float  # part of `seconds` spent on TE work (capture, binarize, engine, scaling)
-    te_mean: float | None  # mean TE (bits) over the active pairs at the epoch's last refresh
-    te_max: float | None
-
-    @property
-    def te_share(self) -> float:
-        return self.te_seconds / self.seconds if self.seconds else 0.0
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

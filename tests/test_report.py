@@ -20,13 +20,13 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
 
 import pytest
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from tecli.cli import app
+from tecli.epoch import EpochResult
 from tecli.recording import finish_run, insert_run, record_epoch
 from tecli.spec import RunSpec, TEConfig
 from tecli.store import open_database
@@ -37,17 +37,8 @@ BASE = {0: (0.80, 0.91, 0.95), 1: (0.85, 0.88, 0.92), 2: (0.70, 0.80, 0.85), 3: 
 TE = {0: (0.92, 0.93, 0.95), 1: (0.85, 0.91, 0.93), 2: (0.88, 0.90, 0.91), 3: (0.89, 0.95, 0.96)}
 
 
-@dataclass(frozen=True)
-class EpochRow:
-    epoch: int
-    test_acc: float
-    seconds: float
-    te_seconds: float
-    train_loss: float = 0.1
-    train_acc: float = 0.99
-    test_loss: float = 0.2
-    te_mean: float | None = None
-    te_max: float | None = None
+def epoch_result(epoch: int, test_acc: float, seconds: float, te_seconds: float) -> EpochResult:
+    return EpochResult(epoch, 0.1, 0.99, 0.2, test_acc, seconds, te_seconds, te_mean=None, te_max=None)
 
 
 SWEEP = """
@@ -76,7 +67,7 @@ def db(tmp_path):
         spec = RunSpec(dataset=dataset, seed=seed, epochs=3, lr=lr, te=TEConfig() if te else None)
         run_id = insert_run(engine, spec, "test copy", "cpu", 1, sweep_id if in_sweep else None)
         for epoch, acc in enumerate(accs, 1):
-            record_epoch(engine, run_id, EpochRow(epoch, acc, seconds, te_seconds))
+            record_epoch(engine, run_id, epoch_result(epoch, acc, seconds, te_seconds))
         finish_run(engine, run_id, status)
 
     for seed in range(4):
@@ -241,7 +232,7 @@ def test_identical_pairs_are_said_to_show_no_difference(tmp_path):
         for te in (False, True):
             run_id = insert_run(engine, RunSpec(dataset="usps", seed=seed, epochs=3, te=TEConfig() if te else None), "c", "cpu", 1, sweep_id)
             for epoch, acc in enumerate((0.5, 0.95, 0.96), 1):
-                record_epoch(engine, run_id, EpochRow(epoch, acc, 1.0, 0.1 if te else 0.0))
+                record_epoch(engine, run_id, epoch_result(epoch, acc, 1.0, 0.1 if te else 0.0))
             finish_run(engine, run_id, "completed")
     statements = json.loads(report((str(tmp_path / "same.db"),), "--format", "json"))["statements"]
     assert statements[0].endswith("Every paired seed reached the target in the same epoch: no difference in epochs.")

@@ -3,7 +3,6 @@
 import multiprocessing
 import os
 import socket
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
@@ -14,25 +13,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tecli import migrate
+from tecli.epoch import EpochResult
 from tecli.errors import UserError
 from tecli.recording import STALE_AFTER, finish_run, insert_run, mark_dead_runs, record_epoch
 from tecli.spec import RunSpec, TEConfig
 from tecli.store import SCHEMA_HEAD, Base, Epoch, Run, create_db_engine, database_url, open_database, utcnow
 
 
-@dataclass(frozen=True)
-class FakeEpoch:
-    """Same fields as train.EpochResult, without importing torch into the writer processes."""
-
-    epoch: int
-    train_loss: float = 0.5
-    train_acc: float = 0.8
-    test_loss: float = 0.6
-    test_acc: float = 0.75
-    seconds: float = 1.0
-    te_seconds: float = 0.02
-    te_mean: float | None = 0.01
-    te_max: float | None = 0.3
+def epoch_result(epoch: int, test_acc: float = 0.75) -> EpochResult:
+    return EpochResult(epoch, 0.5, 0.8, 0.6, test_acc, seconds=1.0, te_seconds=0.02, te_mean=0.01, te_max=0.3)
 
 
 def test_schema_head_constant_is_the_newest_migration():
@@ -63,7 +52,7 @@ def test_run_lifecycle_round_trip(tmp_path):
     spec = RunSpec(dataset="usps", seed=4, epochs=3, te=TEConfig(lam=0.5))
     run_id = insert_run(engine, spec, "hdf5 usps.h5", "cpu", 2)
     for epoch in (1, 2):
-        record_epoch(engine, run_id, FakeEpoch(epoch, test_acc=0.5 + epoch / 10))
+        record_epoch(engine, run_id, epoch_result(epoch, test_acc=0.5 + epoch / 10))
     finish_run(engine, run_id, "completed")
     with Session(engine) as session:
         run = session.get(Run, run_id)
@@ -75,7 +64,7 @@ def test_run_lifecycle_round_trip(tmp_path):
         assert run.torch_version and run.numba_version and run.python_version
         assert [(e.epoch, e.test_acc) for e in run.epochs] == [(1, 0.6), (2, 0.7)]
     with pytest.raises(IntegrityError):
-        record_epoch(engine, run_id, FakeEpoch(2))  # unique per run and epoch
+        record_epoch(engine, run_id, epoch_result(2))  # unique per run and epoch
 
 
 def test_dead_and_stale_runs_become_interrupted(tmp_path):
@@ -87,7 +76,7 @@ def test_dead_and_stale_runs_become_interrupted(tmp_path):
     gone = insert_run(engine, spec, "x", "cpu", None)
     far_fresh = insert_run(engine, spec, "x", "cpu", None)
     far_stale = insert_run(engine, spec, "x", "cpu", None)
-    record_epoch(engine, gone, FakeEpoch(1))
+    record_epoch(engine, gone, epoch_result(1))
     child = multiprocessing.get_context("spawn").Process(target=int)
     child.start()
     child.join()  # its pid now belongs to no process
@@ -113,7 +102,7 @@ def _writer(path: str, worker: int, runs: int, epochs: int) -> None:
     for r in range(runs):
         run_id = insert_run(engine, RunSpec(dataset="digits", seed=worker * 100 + r), "x", "cpu", 1)
         for e in range(1, epochs + 1):
-            record_epoch(engine, run_id, FakeEpoch(e))
+            record_epoch(engine, run_id, epoch_result(e))
         finish_run(engine, run_id, "completed")
 
 
