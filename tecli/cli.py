@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from tecli import __version__
-from tecli.errors import UserError
+from tecli.errors import UserError, shown
 from tecli.spec import RunSpec, TEConfig
 
 app = typer.Typer(
@@ -139,7 +139,7 @@ def run(
             typer.echo(str(stop), err=True)
             raise typer.Exit(130) from None
         except RunFailed as failure:
-            typer.echo(f"error: {failure} (traceback recorded; see `tecli runs show {failure.run_id}`)", err=True)
+            typer.echo(f"error: {failure} (see `tecli runs show {failure.run_id}`)", err=True)
             raise typer.Exit(1) from None
 
 
@@ -160,15 +160,17 @@ def sweep(
             raise UserError(f"--workers must be >= 1, got {workers}")
         from rich.console import Console
 
+        from tecli.db.store import database_url, open_database
         from tecli.runner import configure, sigterm_as_interrupt
-        from tecli.store import database_url, open_database
-        from tecli.sweep import LocalProcesses, Task, plan, register
-        from tecli.sweep_display import SweepProgress, plan_counts, plan_table
-        from tecli.sweepfile import load_sweep
+        from tecli.sweep.executors import LocalProcesses, Task
+        from tecli.sweep.plan import plan, register
+        from tecli.sweep.display import SweepProgress, plan_counts, plan_table
+        from tecli.sweep.file import load_sweep
 
         spec = load_sweep(file)
+        url = database_url(db)
         configure(device, threads)  # check device and threads before anything is recorded
-        engine = open_database(db)
+        engine = open_database(url)
         planned = plan(engine, spec, retry_failed)
         console = Console()
         if dry_run:
@@ -180,7 +182,7 @@ def sweep(
         to_run = [p for p in planned if p.state == "to run"]
         per_run_threads = threads or max(1, (os.cpu_count() or 1) // workers)
         tasks = [
-            Task(i, p.spec, database_url(db), sweep_id, data_dir, device, per_run_threads)
+            Task(i, p.spec, url, sweep_id, data_dir, device, per_run_threads)
             for i, p in enumerate(to_run)
         ]
         display = SweepProgress(console, to_run)
@@ -209,11 +211,17 @@ def report(
     target: Optional[float] = typer.Option(None, help="Target accuracy for every data set (default: the sweep's)."),
     metric: str = typer.Option("test_acc", help="What --target applies to: test_acc or train_acc."),
     baseline: str = typer.Option("baseline", help="The variant the others are compared with."),
+    mixed_conditions: bool = typer.Option(
+        False,
+        "--mixed-conditions",
+        help="Compare seconds even between runs measured under different conditions (device, threads, "
+        "CPU model, code version); the statements still name the differences.",
+    ),
     db: Optional[str] = _db_option(),
 ) -> None:
     """Epochs-to-target and wall-clock-to-target per data set and variant, over seeds."""
     with _user_errors():
-        from tecli import report_render as render
+        from tecli.report import render
 
         if output_format not in render.FORMATS:
             raise UserError(f"--format must be one of {', '.join(render.FORMATS)}, got {output_format!r}")
@@ -224,13 +232,15 @@ def report(
                 raise UserError(f"--output {output} is a folder; pass a file path such as {output / 'report.md'}")
             if not output.parent.is_dir():
                 raise UserError(f"--output folder {output.parent} does not exist; create it or pass another path")
-        from tecli.report import build_report
-        from tecli.store import open_database
+        from tecli.db.store import open_database
+        from tecli.report.build import build_report
 
-        result = build_report(open_database(db), sweep, dataset, variant, target, metric, baseline)
+        result = build_report(
+            open_database(db, create=False), sweep, dataset, variant, target, metric, baseline, mixed_conditions
+        )
         images = []
         if output is not None:
-            from tecli.report_plots import plot_curves
+            from tecli.report.plots import plot_curves
 
             images = plot_curves(result, output.parent, output.stem)
         if output_format == "table":
@@ -271,12 +281,14 @@ def runs(
         return
     with _user_errors():
         _check_format(output_format, ("table", "json"))
+        from tecli.db.schema import RunStatus
+        from tecli.db.store import open_database
         from tecli.runs_view import list_runs, runs_table
-        from tecli.store import RUN_STATUSES, open_database
 
-        if status is not None and status not in RUN_STATUSES:
-            raise UserError(f"--status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
-        found = list_runs(open_database(db), dataset=dataset, variant=variant, status=status, sweep=sweep)
+        statuses = [s.value for s in RunStatus]
+        if status is not None and status not in statuses:
+            raise UserError(f"--status must be one of {', '.join(statuses)}, got {shown(status)!r}")
+        found = list_runs(open_database(db, create=False), dataset=dataset, variant=variant, status=status, sweep=sweep)
         _emit(found, output_format, lambda console: console.print(runs_table(found)))
 
 
@@ -289,10 +301,10 @@ def runs_show(
     """One run: its configuration and every recorded epoch."""
     with _user_errors():
         _check_format(output_format, ("table", "json"))
+        from tecli.db.store import open_database
         from tecli.runs_view import run_tables, show_run
-        from tecli.store import open_database
 
-        run = show_run(open_database(db), run_id)
+        run = show_run(open_database(db, create=False), run_id)
         _emit(run, output_format, lambda console: console.print(*run_tables(run)))
 
 
@@ -313,21 +325,24 @@ app.add_typer(db_app, name="db")
 def db_upgrade(db: Optional[str] = _db_option()) -> None:
     """Create the database or upgrade its schema to the newest revision."""
     with _user_errors():
-        from tecli import migrate
-        from tecli.store import open_database
+        from tecli.db import migrate
+        from tecli.db.store import describe, open_database
 
         engine = open_database(db)
-        typer.echo(f"{engine.url.render_as_string(hide_password=True)} is at revision {migrate.current(engine)} (head)")
+        typer.echo(f"{describe(engine.url)} is at revision {migrate.current(engine)} (head)")
 
 
 @db_app.command("current")
 def db_current(db: Optional[str] = _db_option()) -> None:
     """Print the database's schema revision (without upgrading it)."""
     with _user_errors():
-        from tecli import migrate
-        from tecli.store import create_db_engine, database_errors
+        from tecli.db import migrate
+        from tecli.db.store import create_db_engine, database_errors, database_url
 
-        engine = create_db_engine(db)
+        url = database_url(db)
+        if url.get_backend_name() == "sqlite" and not Path(url.database).exists():
+            raise UserError(f"no database at {url.database}; check --db or TECLI_DB")
+        engine = create_db_engine(url)
         with database_errors(engine):
             revision = migrate.current(engine)
         head = migrate.head()
@@ -338,7 +353,7 @@ def db_current(db: Optional[str] = _db_option()) -> None:
 @db_app.command("history")
 def db_history() -> None:
     """List the schema revisions, oldest first."""
-    from tecli import migrate
+    from tecli.db import migrate
 
     for revision, down, message in migrate.history():
         typer.echo(f"{down or '<base>'} -> {revision}: {message}")

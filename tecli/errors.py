@@ -5,6 +5,22 @@ to fix it) with exit code 2 and no traceback; everything else is a bug or a
 failure and keeps its traceback.
 """
 
+import re
+
+SHOWN_LIMIT = 200
+# A run of this many non-space characters in a message is a user's value that missed shown().
+_LONG_RUN = re.compile(rf"\S{{{SHOWN_LIMIT + 100},}}")
+
 
 class UserError(Exception):
     """A mistake the user can fix: bad value, unknown name, missing files."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        # Safety net: a value echoed without shown() (a 10,000-character --db) still stays short.
+        super().__init__(_LONG_RUN.sub(lambda run: shown(run.group()), str(message)), *args)
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """A user's value for an error message, cut to about `limit` characters."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -1,8 +1,9 @@
 """Execute one run in this process, record it, and show it: settings, progress, summary.
 
-The database is opened (and checked) first, then the data is loaded and the
-model built, and only then is the run inserted: a user's mistake anywhere in
-that set-up records nothing. SIGTERM is handled like Ctrl-C: the run is marked
+`tecli run` sets up first (data loaded, model built, sizes checked), then opens
+the database and claims the run key: a user's mistake anywhere in set-up
+records nothing and creates no file. A sweep's worker claims first and records
+set-up errors as a failed run. SIGTERM is handled like Ctrl-C: the run is marked
 `interrupted` and every finished epoch stays recorded.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,19 +22,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tecli.errors import UserError
+from tecli.errors import UserError, shown
 from tecli.spec import RunSpec
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from tecli.data import DataSplits
+    from tecli.db.recording import Attempt
     from tecli.epoch import EpochResult
+
+MAX_THREADS = 1024
 
 
 class RunFailed(Exception):
-    """Training raised; the run is recorded as failed with the traceback."""
+    """Training raised, or the database could not be written; recorded as failed where possible."""
 
-    def __init__(self, run_id: int, error: BaseException):
-        super().__init__(f"run {run_id} failed: {type(error).__name__}: {error}")
+    def __init__(self, run_id: int, message: str):
+        super().__init__(f"run {run_id} failed: {message}")
         self.run_id = run_id
 
 
@@ -50,12 +57,12 @@ def configure(device: str, threads: int | None) -> str:
     import torch
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+        raise UserError(f"--device must be cpu or cuda, got {shown(device)!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {shown(threads)}")
         torch.set_num_threads(threads)
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return device
@@ -74,74 +81,122 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def execute(
-    spec: RunSpec,
-    engine,
-    data_dir: Path | None,
-    device: str,
-    threads: int | None,
-    sweep_id: int | None = None,
-    record_setup_errors: bool = False,
-    on_start: Callable[[int, DataSplits], None] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-    on_epoch: Callable[[EpochResult], None] | None = None,
-) -> tuple[int, list[EpochResult]]:
-    """Train and record one run; returns (run id, epoch results).
+@dataclass
+class Prepared:
+    """A run ready for its first batch: data in memory, model, optimizer and feedback built."""
 
-    A UserError in set-up (data, model) records nothing, unless record_setup_errors
-    (sweeps), where any set-up error is recorded as a failed run with its message.
-    """
+    data: DataSplits
+    epochs: Iterator[EpochResult]
+
+
+def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None) -> Prepared:
+    """Load the data and build the training; a UserError for a mistake, before anything is recorded."""
     from tecli.data import load_dataset
-    from tecli.recording import Heartbeat, finish_run, insert_run, record_epoch
     from tecli.train import train
 
-    device = configure(device, threads)
-    try:
-        data = load_dataset(spec.dataset, data_dir)
-        epochs = train(spec, data, device=device, on_batch=on_batch)
-    except Exception as error:
-        if not record_setup_errors:
-            raise
-        run_id = insert_run(engine, spec, "-", device, threads, sweep_id)
-        finish_run(engine, run_id, "failed", str(error) if isinstance(error, UserError) else traceback.format_exc())
-        raise RunFailed(run_id, error) from None
-    run_id = insert_run(engine, spec, data.copy, device, threads, sweep_id)
-    if on_start:
-        on_start(run_id, data)
+    data = load_dataset(spec.dataset, data_dir)
+    spec.check_fits(len(data.x_train))
+    return Prepared(data, train(spec, data, device=device, on_batch=on_batch))
+
+
+def record_training(
+    engine: Engine,
+    attempt: Attempt,
+    epochs: Iterator[EpochResult],
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> list[EpochResult]:
+    """Train, committing each epoch as it ends; the run's final status is recorded on the way out.
+
+    The database failing mid-run (disk full, server gone) ends the run with one line;
+    it is marked failed if the database still takes writes, else the next command
+    that opens it finds the process gone and marks it interrupted.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from tecli.db.recording import Heartbeat, RunTakenOver, finish_run, record_epoch
+    from tecli.db.schema import RunStatus
+    from tecli.db.store import describe, first_line
+
     results: list[EpochResult] = []
-    with Heartbeat(engine, run_id), sigterm_as_interrupt():
+
+    def finish(status: RunStatus, error: str) -> None:
+        try:
+            finish_run(engine, attempt, status, error)
+        except DBAPIError:
+            pass  # left `running`; liveness marks it interrupted later
+
+    with Heartbeat(engine, attempt), sigterm_as_interrupt():
         try:
             for result in epochs:
-                record_epoch(engine, run_id, result)
+                record_epoch(engine, attempt, result)
                 results.append(result)
                 if on_epoch:
                     on_epoch(result)
         except KeyboardInterrupt:
-            finish_run(engine, run_id, "interrupted", "interrupted by Ctrl-C or SIGTERM")
-            raise RunInterrupted(run_id, len(results)) from None
+            finish(RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM")
+            raise RunInterrupted(attempt.run_id, len(results)) from None
+        except DBAPIError as error:
+            message = f"cannot write the database {describe(engine.url)}: {first_line(error.orig)}"
+            finish(RunStatus.FAILED, message)
+            raise RunFailed(attempt.run_id, message) from None
+        except RunTakenOver as error:
+            raise RunFailed(attempt.run_id, str(error)) from None
         except Exception as error:
-            finish_run(engine, run_id, "failed", traceback.format_exc())
-            raise RunFailed(run_id, error) from error
-        finish_run(engine, run_id, "completed")
-    return run_id, results
+            finish(RunStatus.FAILED, traceback.format_exc())
+            raise RunFailed(attempt.run_id, f"{type(error).__name__}: {shown(error)}") from error
+        finish(RunStatus.COMPLETED, None)
+    return results
+
+
+def run_claimed(
+    spec: RunSpec,
+    engine: Engine,
+    data_dir: Path | None,
+    device: str,
+    sweep_id: int,
+    on_start: Callable[[int], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> int:
+    """A sweep's run: claim the key first (so a second sweep does not load data for it),
+    then set up and train. Raises ClaimRefused when the key is taken; any set-up error is
+    recorded as a failed run (RunFailed)."""
+    from tecli.conditions import current_conditions
+    from tecli.db.recording import claim_run, finish_run, set_data_copy
+    from tecli.db.schema import RunStatus
+
+    attempt = claim_run(engine, spec, current_conditions(device), sweep_id=sweep_id)
+    if on_start:
+        on_start(attempt.run_id)
+    with sigterm_as_interrupt():
+        try:
+            prepared = prepare(spec, data_dir, device)
+            set_data_copy(engine, attempt, prepared.data.copy)
+        except KeyboardInterrupt:
+            finish_run(engine, attempt, RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM during set-up")
+            raise RunInterrupted(attempt.run_id, 0) from None
+        except Exception as error:
+            message = str(error) if isinstance(error, UserError) else traceback.format_exc()
+            finish_run(engine, attempt, RunStatus.FAILED, message)
+            raise RunFailed(attempt.run_id, shown(str(error) or type(error).__name__)) from None
+    record_training(engine, attempt, prepared.epochs, on_epoch)
+    return attempt.run_id
 
 
 def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, threads: int | None) -> int:
-    """`tecli run`: execute one run in this process with a progress bar and a summary."""
-    from tecli.store import open_database
+    """`tecli run`: set up, then open the database and claim the key, train with a progress bar, summarize.
 
+    Everything a user can get wrong (device, threads, data, sizes, the --db path) is
+    checked before the database is opened, so a mistake leaves no file behind.
+    """
+    from tecli.conditions import current_conditions
+    from tecli.db.recording import ClaimRefused, claim_run
+    from tecli.db.store import database_url, open_database
+
+    database_url(db)
+    device = configure(device, threads)
     console = Console()
-    engine = open_database(db)
     progress = _progress(console)
     task = progress.add_task("train", total=None, epoch=1, epochs=spec.epochs)
-
-    def on_start(run_id: int, data: DataSplits) -> None:
-        console.print(
-            f"run {run_id}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
-            f"{len(data.x_test)} test, variant [bold]{spec.variant}[/], seed {spec.seed}, "
-            f"run key {spec.run_key()}, device {device}, threads {threads or os.cpu_count()}",
-            soft_wrap=True,
-        )
 
     def on_batch(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
@@ -150,12 +205,24 @@ def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, t
         progress.console.print(_epoch_line(result, spec.epochs, spec.te is not None), soft_wrap=True)
         progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
 
+    prepared = prepare(spec, data_dir, device, on_batch)
+    data = prepared.data
+    engine = open_database(db)
+    conditions = current_conditions(device)
+    try:
+        attempt = claim_run(engine, spec, conditions, data_copy=data.copy, rerun_completed=True)
+    except ClaimRefused as refused:
+        raise UserError(f"{refused}; a run key is trained by one process at a time (`tecli runs show {refused.run_id}`)") from None
+    console.print(
+        f"run {attempt.run_id}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
+        f"{len(data.x_test)} test, variant [bold]{spec.variant}[/], seed {spec.seed}, "
+        f"run key {spec.run_key()}, device {device}, threads {conditions.threads}",
+        soft_wrap=True,
+    )
     with progress:
-        run_id, results = execute(
-            spec, engine, data_dir, device, threads, on_start=on_start, on_batch=on_batch, on_epoch=on_epoch
-        )
+        results = record_training(engine, attempt, prepared.epochs, on_epoch)
     console.print(_summary(spec, results))
-    return run_id
+    return attempt.run_id
 
 
 def _progress(console: Console) -> Progress:

@@ -10,9 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from tecli.errors import UserError
-from tecli.store import Epoch, Run, Sweep
+from tecli.errors import UserError, shown
+from tecli.db.schema import Epoch, Run, Sweep
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers; a larger one cannot exist
 RUN_FIELDS = (
     "id", "run_key", "dataset", "data_copy", "variant", "seed", "status", "epochs_planned",
     "started_at", "finished_at", "heartbeat_at", "host", "pid", "device", "threads",
@@ -65,9 +66,9 @@ def list_runs(
 def show_run(engine: Engine, run_id: int) -> dict:
     """One run with its complete configuration and every recorded epoch."""
     with Session(engine) as session:
-        run = session.get(Run, run_id)
+        run = session.get(Run, run_id) if 1 <= run_id <= MAX_ID else None
         if run is None:
-            raise UserError(f"no run with id {run_id}; `tecli runs` lists the recorded runs")
+            raise UserError(f"no run with id {shown(run_id)}; `tecli runs` lists the recorded runs")
         return {
             **{f: _plain(getattr(run, f)) for f in RUN_FIELDS},
             "sweep": run.sweep.name if run.sweep else None,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tecli.errors import UserError
+from tecli.errors import UserError, shown
 
 TE_MODES = ("amplify", "dampen")
 # Every tecli model has two hidden Linear layers and the class layer (models.HIDDEN).
@@ -32,6 +32,10 @@ class Rule:
     kind: type
     expect: str  # read as "expected <expect>"
     ok: Callable[[Any], bool] = lambda value: True
+
+
+# Every integer parameter fits a 32-bit database integer (PostgreSQL's INTEGER).
+INT_MAX = 2**31 - 1
 
 
 def _int(expect: str, ok=lambda v: True) -> Rule:
@@ -89,8 +93,10 @@ def check_value(where: str, rule: Rule, value: Any) -> Any:
         value = tuple(value) if good_type else value
     else:
         good_type = isinstance(value, rule.kind) and not isinstance(value, bool)
+    if good_type and rule.kind is int and value > INT_MAX:
+        raise UserError(f"{where}: expected an integer <= {INT_MAX}, got {shown(repr(value))}")
     if not (good_type and rule.ok(value)):
-        raise UserError(f"{where}: expected {rule.expect}, got {value!r}")
+        raise UserError(f"{where}: expected {rule.expect}, got {shown(repr(value))}")
     if rule.kind is list:
         value = tuple(sorted(v % LINEAR_LAYERS - LINEAR_LAYERS for v in value))  # one spelling per choice
     return value
@@ -166,6 +172,19 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check_fits(self, n_train: int) -> None:
+        """Sizes that depend on the data: a batch and a TE window fit in the training set."""
+        if self.batch_size > n_train:
+            raise UserError(
+                f"batch size {self.batch_size} is larger than {self.dataset}'s training set ({n_train} samples); "
+                "use a smaller --batch-size (batch_size in sweep files)"
+            )
+        if self.te is not None and self.te.window > n_train:
+            raise UserError(
+                f"TE window {self.te.window} is longer than {self.dataset}'s training set ({n_train} samples); "
+                "use a smaller --te-window (te window in sweep files)"
+            )
 
     @property
     def te_seed(self) -> int:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 import tecli.train
 from tecli.cli import app
-from tecli.store import Epoch, Run, create_db_engine, open_database
+from tecli.db.schema import Epoch, Run
+from tecli.db.store import create_db_engine, open_database
 
 
 def invoke(*args):
@@ -48,15 +49,32 @@ def test_run_then_runs_and_runs_show(tmp_path):
     "args, message",
     [
         (["runs", "show", "99"], "no run with id 99"),
+        (["runs", "show", "100000000000000000000000"], "no run with id 100000000000000000000000"),
         (["runs", "--status", "done"], "--status must be one of"),
         (["runs", "--format", "xml"], "--format must be one of table, json"),
     ],
 )
 def test_runs_mistakes(tmp_path, args, message):
-    result = invoke(*args, "--db", str(tmp_path / "r.db"))
+    db = str(tmp_path / "r.db")
+    assert invoke("db", "upgrade", "--db", db).exit_code == 0
+    result = invoke(*args, "--db", db)
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [result.output.strip()]
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["runs"], ["runs", "show", "1"], ["report"], ["report", "--format", "json"], ["db", "current"]],
+)
+def test_reading_commands_never_create_a_database(tmp_path, args):
+    db = tmp_path / "never.db"
+    result = invoke(*args, "--db", str(db))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: no database at {db}; check --db or TECLI_DB" + (
+        "" if args[0] == "db" else " (tecli run or tecli sweep creates it)"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("db, message", [("{tmp}/nope/r.db", "does not exist"), ("bogus://x", "not a usable")])

@@ -1,113 +1,136 @@
-"""The results database on real SQLite files: migrations, recording, dead runs, many writers."""
+"""The results database on real SQLite files and a real PostgreSQL server: migrations,
+past schemas upgraded with their data, recording, many writers, location rules."""
 
 import multiprocessing
 import os
+import shutil
 import socket
-from datetime import timedelta
+from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tecli import migrate
-from tecli.epoch import EpochResult
+from recorded import TEST_CONDITIONS, epoch_result, record_run
+from tecli.db import migrate
+from tecli.db.recording import ClaimRefused, claim_run, finish_run, record_epoch
+from tecli.db.schema import Base, Claim, Epoch, Run, RunStatus
+from tecli.db.store import SCHEMA_HEAD, create_db_engine, database_url, open_database
 from tecli.errors import UserError
-from tecli.recording import STALE_AFTER, finish_run, insert_run, mark_dead_runs, record_epoch
 from tecli.spec import RunSpec, TEConfig
-from tecli.store import SCHEMA_HEAD, Base, Epoch, Run, create_db_engine, database_url, open_database, utcnow
 
-
-def epoch_result(epoch: int, test_acc: float = 0.75) -> EpochResult:
-    return EpochResult(epoch, 0.5, 0.8, 0.6, test_acc, seconds=1.0, te_seconds=0.02, te_mean=0.01, te_max=0.3)
+DATA = Path(__file__).parent / "data"
+TABLES = {"alembic_version", "sweeps", "runs", "epochs", "claims", "checkpoints"}
 
 
 def test_schema_head_constant_is_the_newest_migration():
     assert SCHEMA_HEAD == migrate.head()
 
 
-def test_upgrade_from_empty_to_head_matches_the_models(tmp_path):
-    engine = create_db_engine(tmp_path / "fresh.db")
+def test_upgrade_from_empty_to_head_matches_the_models(db_url):
+    engine = create_db_engine(db_url)
     assert migrate.current(engine) is None
     migrate.upgrade(engine)
     assert migrate.current(engine) == migrate.head()
-    assert set(inspect(engine).get_table_names()) == {"alembic_version", "sweeps", "runs", "epochs"}
+    assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
 
 
+def _load_postgres_dump(url: str, dump: Path) -> None:
+    # The dump empties search_path for its session: load it on a connection of its own.
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as connection:
+        connection.execute(dump.read_text())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_of_schema_0001_upgrades_with_its_data_intact(backend, tmp_path, request):
+    """tests/data/schema-0001.* were written by tecli at schema 0001 (4 completed runs, one
+    interrupted after 82 epochs); the PostgreSQL dump holds the same rows."""
+    if backend == "sqlite":
+        url = str(tmp_path / "old.db")
+        shutil.copy(DATA / "schema-0001.db", url)
+    else:
+        url = request.getfixturevalue("pg_url")
+        _load_postgres_dump(url, DATA / "schema-0001.postgresql.sql")
+    engine = create_db_engine(url)
+    assert migrate.current(engine) == "0001"
+    with engine.connect() as connection:
+        before_runs = connection.execute(text("SELECT * FROM runs ORDER BY id")).mappings().all()
+        before_epochs = connection.execute(text("SELECT * FROM epochs ORDER BY id")).all()
+        before_sweeps = connection.execute(text("SELECT * FROM sweeps ORDER BY id")).all()
+    engine = open_database(url)  # upgrades
+    assert migrate.current(engine) == SCHEMA_HEAD
+    with engine.connect() as connection:
+        after_runs = connection.execute(text("SELECT * FROM runs ORDER BY id")).mappings().all()
+        assert connection.execute(text("SELECT * FROM epochs ORDER BY id")).all() == before_epochs
+        assert connection.execute(text("SELECT * FROM sweeps ORDER BY id")).all() == before_sweeps
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+    assert len(before_epochs) == 90 and len(after_runs) == 5
+    for old, new in zip(before_runs, after_runs):
+        assert {k: new[k] for k in old.keys()} == dict(old)  # every old column unchanged
+        assert new["code_version"] is None and new["owner"] is None  # not known for old runs
+    with Session(engine) as session:
+        claims = dict(session.execute(select(Claim.run_key, Claim.run_id)).all())
+        newest = dict(session.execute(select(Run.run_key, func.max(Run.id)).group_by(Run.run_key)).all())
+        assert claims == newest and len(claims) == 5
+        old_baseline = RunSpec(**session.get(Run, 1).config)
+    # the upgraded database takes new runs, and a sweep sees the old completed ones as done
+    with pytest.raises(ClaimRefused, match="completed as run 1"):
+        claim_run(engine, old_baseline, TEST_CONDITIONS)
+    record_run(engine, RunSpec(dataset="digits", seed=77, epochs=1), [epoch_result(1)])
+
+
 def test_sqlite_settings(tmp_path):
     engine = open_database(tmp_path / "t.db")
     with engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30000
 
 
-def test_run_lifecycle_round_trip(tmp_path):
-    engine = open_database(tmp_path / "t.db")
+def test_run_lifecycle_round_trip(db_url):
+    engine = open_database(db_url)
     spec = RunSpec(dataset="usps", seed=4, epochs=3, te=TEConfig(lam=0.5))
-    run_id = insert_run(engine, spec, "hdf5 usps.h5", "cpu", 2)
+    attempt = claim_run(engine, spec, TEST_CONDITIONS, data_copy="hdf5 usps.h5")
     for epoch in (1, 2):
-        record_epoch(engine, run_id, epoch_result(epoch, test_acc=0.5 + epoch / 10))
-    finish_run(engine, run_id, "completed")
+        record_epoch(engine, attempt, epoch_result(epoch, test_acc=0.5 + epoch / 10))
+    assert finish_run(engine, attempt, RunStatus.COMPLETED)
     with Session(engine) as session:
-        run = session.get(Run, run_id)
+        run = session.get(Run, attempt.run_id)
         assert (run.status, run.dataset, run.variant, run.seed, run.data_copy) == ("completed", "usps", "te", 4, "hdf5 usps.h5")
         assert run.run_key == spec.run_key()
         assert run.config["te"]["lam"] == 0.5 and run.config["te"]["layers"] == [-1]
         assert run.finished_at >= run.started_at
-        assert run.pid == os.getpid() and run.host == socket.gethostname()
+        assert run.pid == os.getpid() and run.host == socket.gethostname() and run.owner == attempt.owner
+        assert (run.device, run.threads, run.cpu_model, run.code_version, run.code_dirty) == (
+            "cpu", 1, "test cpu", "git:test", False
+        )
+        assert run.boot_id and run.pid_namespace.startswith("pid:") and run.pid_started > 0
         assert run.torch_version and run.numba_version and run.python_version
         assert [(e.epoch, e.test_acc) for e in run.epochs] == [(1, 0.6), (2, 0.7)]
+    assert not finish_run(engine, attempt, RunStatus.FAILED)  # a finished attempt has no more writes
+    other = claim_run(engine, RunSpec(dataset="usps", seed=5), TEST_CONDITIONS)
+    record_epoch(engine, other, epoch_result(1))
     with pytest.raises(IntegrityError):
-        record_epoch(engine, run_id, epoch_result(2))  # unique per run and epoch
-
-
-def test_dead_and_stale_runs_become_interrupted(tmp_path):
-    engine = open_database(tmp_path / "t.db")
-    spec = RunSpec(dataset="digits")
-    alive = insert_run(engine, spec, "x", "cpu", None)
-    quiet = insert_run(engine, spec, "x", "cpu", None)  # alive, but its heartbeat is old
-    reused = insert_run(engine, spec, "x", "cpu", None)  # its pid now belongs to a later process
-    gone = insert_run(engine, spec, "x", "cpu", None)
-    far_fresh = insert_run(engine, spec, "x", "cpu", None)
-    far_stale = insert_run(engine, spec, "x", "cpu", None)
-    record_epoch(engine, gone, epoch_result(1))
-    child = multiprocessing.get_context("spawn").Process(target=int)
-    child.start()
-    child.join()  # its pid now belongs to no process
-    with Session(engine) as session, session.begin():
-        session.execute(update(Run).where(Run.id == gone).values(pid=child.pid))
-        session.execute(update(Run).where(Run.id.in_([far_fresh, far_stale])).values(host="elsewhere"))
-        old = utcnow() - STALE_AFTER - timedelta(seconds=1)
-        session.execute(update(Run).where(Run.id.in_([far_stale, quiet])).values(heartbeat_at=old))
-        long_ago = utcnow() - timedelta(days=400)  # before this test process started
-        session.execute(update(Run).where(Run.id == reused).values(started_at=long_ago))
-    assert sorted(mark_dead_runs(engine)) == sorted([gone, far_stale, reused])
-    with Session(engine) as session:
-        status = dict(session.execute(select(Run.id, Run.status)).all())
-        assert status == {
-            alive: "running", quiet: "running", reused: "interrupted", gone: "interrupted",
-            far_fresh: "running", far_stale: "interrupted",
-        }  # fmt: skip
-        assert session.scalar(select(func.count()).select_from(Epoch).where(Epoch.run_id == gone)) == 1
+        record_epoch(engine, other, epoch_result(1))  # unique per run and epoch
 
 
 def _writer(path: str, worker: int, runs: int, epochs: int) -> None:
     engine = open_database(path)  # all eight race to create and upgrade the schema too
     for r in range(runs):
-        run_id = insert_run(engine, RunSpec(dataset="digits", seed=worker * 100 + r), "x", "cpu", 1)
-        for e in range(1, epochs + 1):
-            record_epoch(engine, run_id, epoch_result(e))
-        finish_run(engine, run_id, "completed")
+        spec = RunSpec(dataset="digits", seed=worker * 100 + r)
+        record_run(engine, spec, [epoch_result(e) for e in range(1, epochs + 1)])
 
 
-def test_eight_processes_write_at_once(tmp_path):
-    path = str(tmp_path / "shared.db")
+def test_eight_processes_write_at_once(db_url):
+    path = db_url
     workers, runs, epochs = 8, 5, 20
     ctx = multiprocessing.get_context("spawn")
     processes = [ctx.Process(target=_writer, args=(path, w, runs, epochs)) for w in range(workers)]
@@ -121,36 +144,62 @@ def test_eight_processes_write_at_once(tmp_path):
         assert session.scalar(select(func.count()).select_from(Run).where(Run.status == "completed")) == workers * runs
         assert session.scalar(select(func.count()).select_from(Epoch)) == workers * runs * epochs
         assert session.scalar(select(func.count(func.distinct(Run.seed)))) == workers * runs
-    with engine.connect() as connection:
-        assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
 
 
 def test_db_location_rules(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TECLI_DB", raising=False)
-    assert database_url(None) == f"sqlite:///{tmp_path / 'tecli.db'}"
+    assert str(database_url(None)) == f"sqlite:///{tmp_path / 'tecli.db'}"
     monkeypatch.setenv("TECLI_DB", str(tmp_path / "env.db"))
-    assert database_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
-    assert database_url(tmp_path / "arg.db") == f"sqlite:///{tmp_path / 'arg.db'}"
-    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert str(database_url(None)) == f"sqlite:///{tmp_path / 'env.db'}"
+    assert str(database_url(tmp_path / "arg.db")) == f"sqlite:///{tmp_path / 'arg.db'}"
+    assert str(database_url("sqlite:///x.db")) == "sqlite:///x.db"
+    url = database_url("postgresql+psycopg://me:secret@db.example:5433/results")
+    assert (url.host, url.port, url.database, url.password) == ("db.example", 5433, "results", "secret")
 
 
 @pytest.mark.parametrize(
     "make_db, message",
     [
         (lambda tmp: tmp / "missing" / "t.db", "does not exist"),
-        (lambda tmp: tmp / "locked" / "t.db", "is not writable"),
         (lambda tmp: tmp, "is a folder"),
         (lambda tmp: "nosuchdialect://host/db", "not a usable SQLAlchemy URL"),
         (lambda tmp: "postgresql://user@host:notaport/db", "not a usable SQLAlchemy URL"),
     ],
 )
 def test_bad_db_is_a_user_error(tmp_path, make_db, message):
+    with pytest.raises(UserError, match=message):
+        database_url(make_db(tmp_path))
+
+
+def test_a_read_only_folder_is_a_user_error_and_stays_empty(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    with pytest.raises(UserError, match=message):
-        database_url(make_db(tmp_path))
+    with pytest.raises(UserError, match="its folder is not writable"):
+        open_database(locked / "t.db")
+    assert list(locked.iterdir()) == []
+
+
+def test_postgresql_without_its_driver_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    with pytest.raises(UserError) as error:
+        database_url("postgresql+psycopg://u@127.0.0.1/x")
+    assert str(error.value) == (
+        "--db postgresql+psycopg://u@127.0.0.1/x needs the psycopg driver, which is not installed: "
+        'python -m pip install "tecli[postgres]"'
+    )
+
+
+def test_an_unreachable_server_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"^cannot use the database postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x: .*refused; check --db"):
+        open_database("postgresql+psycopg://u:pw@127.0.0.1:1/x")
 
 
 def test_a_file_that_is_not_a_database_is_a_user_error(tmp_path):

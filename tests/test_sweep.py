@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tecli.cli import app
-from tecli.store import Run, Sweep, create_db_engine, open_database
-from tecli.sweepfile import load_sweep
+from tecli.db.schema import Run, Sweep
+from tecli.db.store import create_db_engine, open_database
+from tecli.sweep.file import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,8 @@ alembic config, else to tecli's own default (--db rules: TECLI_DB, ./tecli.db).
 
 from alembic import context
 
-from tecli.store import Base, create_db_engine
+from tecli.db.schema import Base
+from tecli.db.store import create_db_engine
 
 
 def run(connection) -> None:

@@ -1,4 +1,4 @@
-"""Schema upgrades through Alembic: the migrations folder, upgrade to head, current, history."""
+"""Schema upgrades through Alembic: the migrations shipped inside the package, upgrade, current, history."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-# The project's top-level migrations/ folder (tecli is installed from its checkout).
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Key of the PostgreSQL advisory lock that serializes concurrent first opens ("tecli" in ASCII).
+UPGRADE_LOCK = int.from_bytes(b"tecli", "big")
 
 
 def _config(connection=None) -> Config:
@@ -36,15 +37,29 @@ def upgrade(engine: Engine) -> None:
     Concurrent first opens are safe: on SQLite the upgrade's transaction starts with
     BEGIN IMMEDIATE (see store), on PostgreSQL it takes an advisory lock, so the
     second process waits and then finds the schema at head.
+
+    SQLite changes a column by rebuilding its table, and dropping the old table would
+    cascade to the rows that reference it; so foreign keys are off during upgrades
+    (as Alembic's batch mode advises) and checked before the upgrade commits.
     """
     if current(engine) == head():
         return
     from alembic import command  # heavy; only needed when there is something to do
 
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7465636c69)")
-        command.upgrade(_config(connection), "head")
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # a PRAGMA that only works outside a transaction: on the driver's connection
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
+                command.upgrade(_config(connection), "head")
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise RuntimeError("schema upgrade left rows whose references are broken; rolled back")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
 
 
 def history() -> list[tuple[str, str | None, str]]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tecli.errors import UserError
+from tecli.errors import UserError, shown
 from tecli.spec import SEED_RULE, TE_RULES, TRAIN_RULES, Rule, RunSpec, TEConfig, check_value
 
 METRICS = ("test_acc", "train_acc")
@@ -63,9 +63,9 @@ class _Where:
         self.lines = source.splitlines()
 
     def __call__(self, *keys: str) -> str:
-        dotted = ".".join(keys)
+        dotted = ".".join(shown(key if key.isprintable() else repr(key)) for key in keys)  # one line
         line = self._line(keys)
-        return f"{self.path}: {dotted}" + (f" (line {line})" if line else "")
+        return f"{shown(self.path)}: {dotted}" + (f" (line {line})" if line else "")
 
     def _line(self, keys: tuple[str, ...]) -> int | None:
         """Line of `key = ...` inside table [a.b], or of the table header itself."""
@@ -85,7 +85,7 @@ class _Where:
 
 def _table(where: _Where, value: Any, *keys: str) -> dict:
     if not isinstance(value, dict):
-        raise UserError(f"{where(*keys)}: expected a table, got {value!r}")
+        raise UserError(f"{where(*keys)}: expected a table, got {shown(repr(value))}")
     return value
 
 
@@ -105,9 +105,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     try:
         source = path.read_text()
     except OSError as error:
-        raise UserError(f"cannot read the sweep file {path}: {error.strerror}") from None
+        raise UserError(f"cannot read the sweep file {shown(path)}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file (TOML must be UTF-8)") from None
+        raise UserError(f"{shown(path)}: not a text file (TOML must be UTF-8)") from None
     return parse_sweep(source, path)
 
 
@@ -118,22 +118,22 @@ def parse_sweep(source: str, path: Path) -> SweepSpec:
     try:
         doc = tomllib.loads(source)
     except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: TOML syntax error: {error}") from None
+        raise UserError(f"{shown(path)}: TOML syntax error: {error}") from None
     where = _Where(path, source)
 
     _known(where, doc, {"name", "description", "seeds", "defaults", "datasets", "variants"})
     for required in ("name", "seeds", "datasets", "variants"):
         if required not in doc:
-            raise UserError(f"{path}: {required}: missing (see the commented example in README.md)")
+            raise UserError(f"{shown(path)}: {required}: missing (see the commented example in README.md)")
     name = check_value(where("name"), NAME_RULE, doc["name"])
     if "description" in doc:
         check_value(where("description"), Rule(str, "a string"), doc["description"])
     seeds = doc["seeds"]
     if not isinstance(seeds, list) or not seeds:
-        raise UserError(f"{where('seeds')}: expected a non-empty list of integers, got {seeds!r}")
+        raise UserError(f"{where('seeds')}: expected a non-empty list of integers, got {shown(repr(seeds))}")
     seeds = [check_value(where(f"seeds[{i}]"), SEED_RULE, s) for i, s in enumerate(seeds)]
     if len(set(seeds)) != len(seeds):
-        raise UserError(f"{where('seeds')}: seeds repeat: {seeds}")
+        raise UserError(f"{where('seeds')}: seeds repeat: {shown(seeds)}")
 
     defaults = _table(where, doc.get("defaults", {}), "defaults")
     _known(where, defaults, {*TRAIN_RULES, "metric", "te"}, "defaults")
@@ -170,7 +170,7 @@ def parse_sweep(source: str, path: Path) -> SweepSpec:
         table = _table(where, table, "variants", variant)
         _known(where, table, {"te", *TE_RULES}, "variants", variant)
         if not isinstance(table.get("te"), bool):
-            raise UserError(f"{where('variants', variant, 'te')}: expected true or false, got {table.get('te')!r}")
+            raise UserError(f"{where('variants', variant, 'te')}: expected true or false, got {shown(repr(table.get('te')))}")
         overrides = _values(where, table, TE_RULES, "variants", variant)
         if not table["te"]:
             if overrides:

@@ -6,11 +6,12 @@ import base64
 import html
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from tecli.report import Report
+from tecli.report.build import Report, condition_text
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -20,7 +21,7 @@ GROUP_HEADERS = (
 )  # fmt: skip
 RUN_HEADERS = (
     "run", "data set", "variant", "seed", "epochs", "epochs to target", "seconds to target",
-    "final test acc", "best test acc", "mean epoch s", "TE share",
+    "final test acc", "best test acc", "mean epoch s", "TE share", "device", "threads", "code",
 )  # fmt: skip
 
 
@@ -28,9 +29,9 @@ def _num(value, digits: int) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _spread(mean, std, median, digits: int) -> str:
+def _spread(mean, std, median, digits: int, missing: str = "not reached") -> str:
     if math.isnan(mean):
-        return "not reached"
+        return missing
     return f"{_num(mean, digits)} ± {_num(std, digits)} (median {_num(median, digits)})"
 
 
@@ -43,7 +44,8 @@ def group_rows(report: Report) -> list[list[str]]:
         [
             g.dataset, g.variant, str(g.n), str(g.n_reached),
             _spread(g.epochs_mean, g.epochs_std, g.epochs_median, 1),
-            _spread(g.seconds_mean, g.seconds_std, g.seconds_median, 1),
+            # Seconds are NaN also where conditions differ (the statement says which): "-" then.
+            _spread(g.seconds_mean, g.seconds_std, g.seconds_median, 1, "not reached" if math.isnan(g.epochs_mean) else "-"),
             f"{_num(g.final_acc_mean, 4)} ± {_num(g.final_acc_std, 4)}",
             _num(g.epoch_time_ratio, 3), f"{g.te_share:.1%}",
             _speedup(g.speedup_epochs, g.p_epochs), _speedup(g.speedup_seconds, g.p_seconds), g.run_ids,
@@ -59,9 +61,42 @@ def run_rows(report: Report) -> list[list[str]]:
             "not reached" if math.isnan(r.epochs_to_target) else str(int(r.epochs_to_target)),
             _num(r.seconds_to_target, 1), _num(r.final_acc, 4), _num(r.best_acc, 4),
             _num(r.mean_epoch_s, 2), f"{r.te_share:.1%}",
+            _device_text(r.device, r.gpu_name), condition_text("threads", r.threads), condition_text("code_version", r.code_version),
         ]  # fmt: skip
         for r in report.runs.itertuples()
     ]
+
+
+def _device_text(device, gpu_name) -> str:
+    if gpu_name is None and not str(device).startswith("cuda"):
+        return condition_text("device", device)
+    return f"{condition_text('device', device)} ({condition_text('gpu_name', gpu_name)})"
+
+
+def _conditions_line(report: Report) -> str:
+    """Each set of conditions the listed runs were measured under, most runs first."""
+    runs = report.runs
+    sets = Counter(zip(runs.device, runs.gpu_name, runs.threads, runs.cpu_model, runs.code_version))
+    parts = [
+        f"device {_device_text(device, gpu)}, threads {condition_text('threads', threads)}, "
+        f"cpu_model {condition_text('cpu_model', cpu)}, code_version {condition_text('code_version', code)} "
+        f"({n} run{'s' if n != 1 else ''})"
+        for (device, gpu, threads, cpu, code), n in sets.most_common()
+    ]
+    return "Conditions of measurement: " + "; ".join(parts) + "."
+
+
+def _seconds_rule(report: Report) -> str:
+    if report.mixed_conditions:
+        return (
+            "Seconds are compared even between runs measured under different conditions (--mixed-conditions); "
+            "the statements name the conditions that differ."
+        )
+    return (
+        "Seconds (to target, epoch time, speedup) are compared only between runs measured under the same "
+        "conditions (device and GPU, threads, CPU model, code version); where these differ they show as - "
+        "and the statement names the difference."
+    )
 
 
 def _targets_line(report: Report) -> str:
@@ -87,9 +122,11 @@ def markdown(report: Report, images: list[Path]) -> str:
         "# tecli report",
         "",
         _targets_line(report) + f" Baseline variant: {report.baseline}.",
+        _conditions_line(report),
         "Epochs and seconds to target: mean ± std (median) over the runs that reached the target; "
         "seconds are cumulative epoch wall time, TE work and test evaluation included. "
-        "Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p.",
+        "Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p. "
+        + _seconds_rule(report),
         "",
         "## Per data set and variant",
         "",
@@ -119,6 +156,7 @@ def to_json(report: Report) -> str:
         {
             "targets": {d: ({"target": t[0], "metric": t[1]} if t else None) for d, t in report.targets.items()},
             "baseline": report.baseline,
+            "compare_mixed_conditions": report.mixed_conditions,
             "groups": _records(report.groups),
             "runs": _records(report.runs),
             "statements": report.statements,
@@ -157,6 +195,8 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>tecli report</h1>
 <p>{html.escape(_targets_line(report))} Baseline variant: {html.escape(report.baseline)}.</p>
+<p>{html.escape(_conditions_line(report))}</p>
+<p>{html.escape(_seconds_rule(report))}</p>
 <h2>Per data set and variant</h2>
 {_html_table(GROUP_HEADERS, group_rows(report))}
 <h2>What the numbers say</h2><ul>{statements}</ul>
@@ -175,6 +215,7 @@ def print_tables(report: Report) -> None:
 
     console = Console()
     console.print(_targets_line(report), soft_wrap=True)
+    console.print(_conditions_line(report), soft_wrap=True)
     table = Table(title="per data set and variant (markdown/html add medians, TE share and run ids)", box=box.SIMPLE_HEAD)
     for header in ("data set", "variant", "reached", "epochs to target", "seconds to target", "final acc", "epoch time", "speedup epochs", "speedup s"):
         table.add_column(header, no_wrap=header in ("data set", "variant"))
@@ -183,7 +224,7 @@ def print_tables(report: Report) -> None:
             g.dataset, g.variant, f"{g.n_reached}/{g.n}",
             "-" if math.isnan(g.epochs_mean) else f"{g.epochs_mean:.1f} ± {_num(g.epochs_std, 1)}",
             "-" if math.isnan(g.seconds_mean) else f"{g.seconds_mean:.1f} ± {_num(g.seconds_std, 1)}",
-            f"{g.final_acc_mean:.4f}", f"{_num(g.epoch_time_ratio, 2)}x",
+            f"{g.final_acc_mean:.4f}", "-" if math.isnan(g.epoch_time_ratio) else f"{g.epoch_time_ratio:.2f}x",
             _speedup(g.speedup_epochs, g.p_epochs), _speedup(g.speedup_seconds, g.p_seconds),
         )  # fmt: skip
     console.print(table)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tecli.report import Report
+from tecli.report.build import Report
 
 GRID_POINTS = 200
 

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tecli.sweep import Event, PlannedRun
+from tecli.sweep.executors import Event
+from tecli.sweep.plan import PlannedRun
 
 
 def plan_table(planned: Sequence[PlannedRun]) -> Table:
@@ -76,5 +77,6 @@ class SweepProgress:
         line = (
             f"sweep: {counts['completed']} completed, {counts['failed']} failed, "
             f"{counts['interrupted']} interrupted, {not_started} not started, {skipped} skipped"
+            + (f", {counts['skipped']} claimed by another sweep" if counts["skipped"] else "")
         )
         return line, counts

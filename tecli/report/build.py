@@ -16,6 +16,16 @@ baseline variant (named "baseline" unless --baseline says otherwise) on the
 seeds where both reached the target: speedup = mean baseline / mean variant,
 with a two-sided Wilcoxon signed-rank test on the paired values. Every number
 carries the ids of the runs behind it. No torch here.
+
+Conditions of measurement (tecli.conditions: device, GPU name, threads, CPU
+model, code version) decide what seconds mean. A group's seconds (to target,
+mean epoch time, epoch-time ratio, speedup in seconds and its p) are computed
+only when all runs of the group and of its baseline group share one set of
+conditions; otherwise they are NaN, the group's `mixed_conditions` names the
+conditions that differ and its statement says so (`mixed_conditions=True`,
+`--mixed-conditions`, computes them anyway and still names the differences).
+A NULL condition (rows recorded before conditions were) is the value "unknown",
+equal to itself. Epochs-to-target does not depend on conditions.
 """
 
 from __future__ import annotations
@@ -31,9 +41,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from tecli.conditions import CONDITION_FIELDS
+from tecli.db.schema import Epoch, Run, RunStatus, Sweep
 from tecli.errors import UserError
-from tecli.store import Epoch, Run, Sweep
-from tecli.sweepfile import METRICS
+from tecli.sweep.file import METRICS
 
 ALPHA = 0.05
 MIN_PAIRS = 3
@@ -48,6 +59,7 @@ class Report:
     statements: list[str]
     excluded: dict[str, int] = field(default_factory=dict)  # status -> runs not counted
     baseline: str = "baseline"
+    mixed_conditions: bool = False  # seconds were compared across differing conditions (--mixed-conditions)
 
 
 def _frame(result) -> pd.DataFrame:
@@ -61,7 +73,7 @@ def sweep_scope(engine: Engine, name: str) -> tuple[set[str], dict]:
     `tecli run` with the same specification) was skipped, not re-recorded, so runs are
     selected by key rather than by the sweep they were recorded under.
     """
-    from tecli.sweepfile import parse_sweep
+    from tecli.sweep.file import parse_sweep
 
     with Session(engine) as session:
         row = session.scalars(select(Sweep).where(Sweep.name == name).order_by(Sweep.id.desc())).first()
@@ -74,7 +86,7 @@ def sweep_scope(engine: Engine, name: str) -> tuple[set[str], dict]:
 def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
     query = select(
         Run.id.label("run_id"), Run.run_key, Run.dataset, Run.variant, Run.seed, Run.status,
-        Run.epochs_planned, Run.config, Sweep.targets,
+        Run.epochs_planned, Run.config, Sweep.targets, *(getattr(Run, name) for name in CONDITION_FIELDS),
     ).outerjoin(Sweep, Run.sweep_id == Sweep.id)  # fmt: skip
     if keys is not None:
         query = query.where(Run.run_key.in_(keys))
@@ -84,15 +96,52 @@ def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
         runs = _frame(connection.execute(query))
         if runs.empty:
             return runs, pd.DataFrame()
-        counted = runs[runs.status == "completed"].sort_values("run_id").drop_duplicates("run_key", keep="last")
+        _conditions_as_values(runs)
+        counted = runs[runs.status == RunStatus.COMPLETED].sort_values("run_id").drop_duplicates("run_key", keep="last")
         epochs = _frame(
             connection.execute(
                 select(Epoch.run_id, Epoch.epoch, Epoch.train_acc, Epoch.test_acc, Epoch.seconds, Epoch.te_seconds)
                 .join(Run, Run.id == Epoch.run_id)
-                .where(Run.status == "completed")
+                .where(Run.status == RunStatus.COMPLETED)
             )
         )
     return runs.assign(counted=runs.run_id.isin(counted.run_id)), epochs[epochs.run_id.isin(counted.run_id)]
+
+
+def _conditions_as_values(runs: pd.DataFrame) -> None:
+    """Condition columns as plain Python values with None for NULL (pandas would turn a NULL
+    thread count into NaN and the others into floats), so that None equals None."""
+    for name in CONDITION_FIELDS:
+        values = [None if v is None or v != v else (int(v) if name == "threads" else v) for v in runs[name].tolist()]
+        runs[name] = pd.Series(values, index=runs.index, dtype=object)
+
+
+def condition_text(name: str, value, devices=()) -> str:
+    """One condition's value as shown: NULL is "unknown", except a missing GPU name of runs
+    that all ran on a CPU, which is "none"."""
+    if value is None:
+        cpu_only = name == "gpu_name" and devices and not any(str(d).startswith("cuda") for d in devices)
+        return "none" if cpu_only else "unknown"
+    return str(value)
+
+
+def _distinct(frame: pd.DataFrame, name: str) -> list[str]:
+    """The distinct values of one condition in `frame` (NULL is one value), as text, in order:
+    numbers by value, unknown last."""
+    values = frame[name].tolist()
+    unique = sorted(set(values), key=lambda v: (v is None, 0 if v is None else v))
+    none_devices = [d for v, d in zip(values, frame.device.tolist()) if v is None] if None in unique else []
+    return [condition_text(name, v, none_devices) for v in unique]
+
+
+def condition_differences(frame: pd.DataFrame) -> list[str]:
+    """Each condition on which the runs of `frame` differ, with its values: e.g. "threads (1, 2)"."""
+    out = []
+    for name in CONDITION_FIELDS:
+        values = _distinct(frame, name)
+        if len(values) > 1:
+            out.append(f"{name} ({', '.join(values)})")
+    return out
 
 
 def _check_one_configuration(runs: pd.DataFrame) -> None:
@@ -154,7 +203,8 @@ def per_run(runs: pd.DataFrame, epochs: pd.DataFrame, targets: dict) -> pd.DataF
     out["epochs_to_target"] = first.epoch.reindex(out.index)
     out["seconds_to_target"] = first.cum_seconds.reindex(out.index)
     out["te_share"] = out.te_s / out.total_s
-    return out.drop(columns=["te_s"]).reset_index().sort_values(["dataset", "variant", "seed"], ignore_index=True)
+    out = out.drop(columns=["te_s"]).join(counted[list(CONDITION_FIELDS)])
+    return out.reset_index().sort_values(["dataset", "variant", "seed"], ignore_index=True)
 
 
 def _mean_std_median(values: pd.Series) -> tuple[float, float, float]:
@@ -177,11 +227,19 @@ def _paired(base: pd.DataFrame, other: pd.DataFrame, column: str) -> tuple[int, 
     return n, differ, speedup, float(wilcoxon(paired.base, paired.other).pvalue)
 
 
-def aggregate(measures: pd.DataFrame, baseline: str) -> pd.DataFrame:
+SECONDS_COLUMNS = ("seconds_mean", "seconds_std", "seconds_median", "mean_epoch_s", "epoch_time_ratio", "speedup_seconds", "p_seconds")  # fmt: skip
+
+
+def aggregate(measures: pd.DataFrame, baseline: str, mixed_conditions: bool = False) -> pd.DataFrame:
+    """One row per data set x variant. Seconds (SECONDS_COLUMNS) are NaN where the group and its
+    baseline group were not all measured under one set of conditions, unless `mixed_conditions`;
+    `mixed_conditions` (the column) names the conditions that differ, empty when none."""
     rows = []
     for (dataset, variant), group in measures.groupby(["dataset", "variant"], sort=True):
         reached = group.dropna(subset=["epochs_to_target"])
         base = measures[(measures.dataset == dataset) & (measures.variant == baseline)]
+        compared = group if variant == baseline or base.empty else pd.concat([base, group])
+        differences = condition_differences(compared)
         e_mean, e_std, e_median = _mean_std_median(reached.epochs_to_target)
         s_mean, s_std, s_median = _mean_std_median(reached.seconds_to_target)
         row = {
@@ -199,17 +257,42 @@ def aggregate(measures: pd.DataFrame, baseline: str) -> pd.DataFrame:
             "pairs": 0, "pairs_differing": 0, "speedup_epochs": math.nan, "p_epochs": math.nan,
             "speedup_seconds": math.nan, "p_seconds": math.nan,
             "run_ids": " ".join(str(i) for i in group.run_id),
+            "mixed_conditions": "; ".join(differences),
         }  # fmt: skip
+        # The group's own conditions as text (several values joined by ", " when its runs differ).
+        row.update({name: ", ".join(_distinct(group, name)) for name in CONDITION_FIELDS})
         if variant != baseline and len(base):
             row["pairs"], row["pairs_differing"], row["speedup_epochs"], row["p_epochs"] = _paired(
                 base, group, "epochs_to_target"
             )
             _, _, row["speedup_seconds"], row["p_seconds"] = _paired(base, group, "seconds_to_target")
+        if differences and not mixed_conditions:
+            row.update(dict.fromkeys(SECONDS_COLUMNS, math.nan))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _statement(row, base_row, target: tuple[float, str] | None, baseline: str) -> str:
+def _and_list(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def conditions_sentence(mixed: str, allowed: bool) -> str:
+    """What a group's statement says about its differing conditions ("" when none differ)."""
+    if not mixed:
+        return ""
+    named = _and_list(mixed.split("; "))
+    if allowed:
+        return f"Seconds compare runs that differ in {named} (--mixed-conditions); read them with care."
+    return f"Seconds are not compared: runs differ in {named}; pass --mixed-conditions to compare them anyway."
+
+
+def _statement(row, base_row, target: tuple[float, str] | None, baseline: str, mixed_allowed: bool) -> str:
+    text = _comparison(row, base_row, target, baseline, seconds=mixed_allowed or not row.mixed_conditions)
+    conditions = conditions_sentence(row.mixed_conditions, mixed_allowed)
+    return f"{text} {conditions}" if conditions else text
+
+
+def _comparison(row, base_row, target: tuple[float, str] | None, baseline: str, seconds: bool) -> str:
     name = f"{row.dataset}/{row.variant}"
     if target is None:
         return f"{name}: no target accuracy recorded for {row.dataset}; pass --target to compare."
@@ -226,12 +309,16 @@ def _statement(row, base_row, target: tuple[float, str] | None, baseline: str) -
             f"{name}: only {row.pairs} seed(s) reached {goal} in both {row.variant} and {baseline}"
             f"{missed_text}; too few to support a conclusion."
         )
+    seconds_text = (
+        f", {row.speedup_seconds:.2f}x in seconds (p = {_p(row.p_seconds)}); "
+        f"an epoch costs {row.epoch_time_ratio:.2f}x the baseline's"
+        if seconds
+        else ""
+    )
     text = (
         f"{name} vs {baseline}, {row.pairs} paired seeds, target {goal}: "
-        f"speedup {row.speedup_epochs:.2f}x in epochs (Wilcoxon p = {_p(row.p_epochs)}), "
-        f"{row.speedup_seconds:.2f}x in seconds (p = {_p(row.p_seconds)}); "
-        f"an epoch costs {row.epoch_time_ratio:.2f}x the baseline's"
-        f"{missed_text}. "
+        f"speedup {row.speedup_epochs:.2f}x in epochs (Wilcoxon p = {_p(row.p_epochs)})"
+        f"{seconds_text}{missed_text}. "
     )
     significant = not math.isnan(row.p_epochs) and row.p_epochs < ALPHA
     if row.pairs_differing == 0:
@@ -264,7 +351,10 @@ def build_report(
     target: float | None = None,
     metric: str = "test_acc",
     baseline: str = "baseline",
+    mixed_conditions: bool = False,
 ) -> Report:
+    """The report; `mixed_conditions` compares seconds even between runs measured under
+    different conditions (the statements still name the differences)."""
     if metric not in METRICS:
         raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if target is not None and not (math.isfinite(target) and 0 < target <= 1):
@@ -279,7 +369,7 @@ def build_report(
     _check_one_configuration(runs[runs.counted])
     targets = _targets(runs[runs.counted], target, metric, sweep_targets)
     measures = per_run(runs, epochs, targets)
-    groups = aggregate(measures, baseline)
+    groups = aggregate(measures, baseline, mixed_conditions)
     if variant is not None:
         if variant not in set(groups.variant):
             raise UserError(f"no completed runs of variant {variant!r}; `tecli runs` lists what is recorded")
@@ -289,14 +379,17 @@ def build_report(
     statements = []
     for row in groups.itertuples():
         if row.variant == baseline:
+            # The baseline's own runs differ: its row's seconds need a word too.
+            if row.mixed_conditions:
+                statements.append(f"{row.dataset}/{row.variant}: {conditions_sentence(row.mixed_conditions, mixed_conditions)}")
             continue
         base = groups[(groups.dataset == row.dataset) & (groups.variant == baseline)]
         base_row = next(base.itertuples()) if len(base) else None
-        statements.append(_statement(row, base_row, targets.get(row.dataset), baseline))
+        statements.append(_statement(row, base_row, targets.get(row.dataset), baseline, mixed_conditions))
     left_out = runs[~runs.counted]
     if variant is not None:
         left_out = left_out[left_out.variant.isin({variant, baseline})]
     excluded = left_out.status.value_counts().to_dict()
     curves = epochs.merge(measures[["run_id", "dataset", "variant", "seed"]], on="run_id")
     curves["cum_seconds"] = curves.sort_values(["run_id", "epoch"]).groupby("run_id").seconds.cumsum()
-    return Report(measures, curves, groups, targets, statements, excluded, baseline)
+    return Report(measures, curves, groups, targets, statements, excluded, baseline, mixed_conditions)

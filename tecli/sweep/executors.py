@@ -1,13 +1,9 @@
-"""Running a sweep: plan against the database, then train what is left on an executor.
+"""Executors: where a sweep's runs train. LocalProcesses trains each run in a fresh
+process on this machine; a cluster executor fits the same Executor shape.
 
-Resume rules, per run key (the hash of the complete run specification):
-- a `completed` run exists            -> done, skipped
-- a run is `running` (alive elsewhere) -> skipped, another process is on it
-- the newest attempt `failed`          -> skipped unless --retry-failed
-- never run, or `interrupted`          -> to run (a retry is a new row: history is kept)
-Interrupted runs are retried by default because an interruption (Ctrl-C, a killed
-sweep, a power cut) says nothing about the run; a failure usually repeats.
-Runs restart from epoch 1; there are no mid-run checkpoints.
+A worker claims its run key in the database before it sets up (tecli.runner.run_claimed),
+so several sweeps of one file, here or on other machines, train each key once; a key
+claimed elsewhere is reported as `skipped`.
 """
 
 from __future__ import annotations
@@ -22,58 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import URL
 
 from tecli.spec import RunSpec
-from tecli.store import Run, Sweep
-from tecli.sweepfile import SweepSpec
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    spec: RunSpec
-    key: str
-    state: str  # done | running | failed | to run
-
-    @property
-    def label(self) -> str:
-        return f"{self.spec.dataset}/{self.spec.variant}/seed {self.spec.seed}"
-
-
-def plan(engine: Engine, sweep: SweepSpec, retry_failed: bool) -> list[PlannedRun]:
-    keys = [spec.run_key() for spec in sweep.runs]
-    with Session(engine) as session:
-        rows = session.execute(
-            select(Run.run_key, Run.status).where(Run.run_key.in_(keys)).order_by(Run.id)
-        ).all()
-    history: dict[str, list[str]] = {}
-    for key, status in rows:
-        history.setdefault(key, []).append(status)
-
-    def state(key: str) -> str:
-        statuses = history.get(key, [])
-        if "completed" in statuses:
-            return "done"
-        if "running" in statuses:
-            return "running"
-        if statuses and statuses[-1] == "failed" and not retry_failed:
-            return "failed"
-        return "to run"
-
-    return [PlannedRun(spec, key, state(key)) for spec, key in zip(sweep.runs, keys)]
-
-
-def register(engine: Engine, sweep: SweepSpec) -> int:
-    """The sweep's row (name + file hash), created on first use; returns its id."""
-    with Session(engine) as session, session.begin():
-        row = session.scalar(select(Sweep).where(Sweep.name == sweep.name, Sweep.source_hash == sweep.source_hash))
-        if row is None:
-            row = Sweep(name=sweep.name, source=sweep.source, source_hash=sweep.source_hash, targets=sweep.targets)
-            session.add(row)
-            session.flush()
-        return row.id
 
 
 @dataclass(frozen=True)
@@ -82,7 +29,7 @@ class Task:
 
     index: int
     spec: RunSpec
-    db_url: str
+    db_url: URL
     sweep_id: int
     data_dir: Path | None
     device: str
@@ -98,7 +45,7 @@ class Event:
     run_id: int | None = None
     epoch: int | None = None
     test_acc: float | None = None
-    status: str | None = None  # with finished: completed | failed | interrupted
+    status: str | None = None  # with finished: completed | failed | interrupted | skipped (claimed elsewhere)
     message: str = ""
 
 
@@ -146,17 +93,29 @@ class LocalProcesses:
             message = f"worker died (exit code {exitcode})"
             run_id = run_ids.get(task.index)
             if run_id is not None:
-                from tecli.recording import finish_run
-                from tecli.store import create_db_engine
+                from tecli.db.recording import fail_running
+                from tecli.db.store import create_db_engine
 
-                finish_run(create_db_engine(task.db_url), run_id, "failed", message, only_if_running=True)
+                fail_running(create_db_engine(task.db_url), run_id, message)
             report(Event(task.index, "finished", run_id=run_id, status="failed", message=message))
 
         by_index = {task.index: task for task in tasks}
+        engines: dict[URL, object] = {}
+
+        def taken(task: Task) -> bool:
+            """Another sweep may have taken the key since the plan was made; spare the worker's start-up."""
+            from tecli.db.recording import key_taken
+            from tecli.db.store import create_db_engine
+
+            engine = engines.setdefault(task.db_url, create_db_engine(task.db_url))
+            return key_taken(engine, task.spec.run_key())
         try:
             while waiting or running:
                 while waiting and len(running) < self.workers:
                     task = waiting.pop(0)
+                    if taken(task):
+                        report(Event(task.index, "finished", status="skipped", message="claimed by another process"))
+                        continue
                     process = context.Process(target=_worker, args=(task, events, os.getpid()), daemon=False)
                     # Started with Ctrl-C ignored, so a worker still importing never prints a traceback.
                     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -196,26 +155,28 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker(task: Task, events, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates Ctrl-C
     _die_with_parent(parent_pid)
-    from tecli.runner import RunFailed, RunInterrupted, execute
-    from tecli.store import create_db_engine
+    from tecli.db.recording import ClaimRefused
+    from tecli.db.store import create_db_engine
+    from tecli.runner import RunFailed, RunInterrupted, configure, run_claimed
 
     def put(kind: str, **fields) -> None:
         events.put(Event(task.index, kind, **fields))
 
     engine = create_db_engine(task.db_url)
     try:
-        run_id, _ = execute(
+        configure(task.device, task.threads)
+        run_id = run_claimed(
             task.spec,
             engine,
             task.data_dir,
             task.device,
-            task.threads,
-            sweep_id=task.sweep_id,
-            record_setup_errors=True,
-            on_start=lambda run_id, data: put("started", run_id=run_id),
+            task.sweep_id,
+            on_start=lambda run_id: put("started", run_id=run_id),
             on_epoch=lambda result: put("epoch", epoch=result.epoch, test_acc=result.test_acc),
         )
         put("finished", run_id=run_id, status="completed")
+    except ClaimRefused as refused:
+        put("finished", run_id=refused.run_id, status="skipped", message=f"claimed elsewhere: {refused}")
     except RunFailed as failure:
         put("finished", run_id=failure.run_id, status="failed", message=str(failure))
     except RunInterrupted as stop:

@@ -1,0 +1,125 @@
+"""Who owns a running run, and when another process may call that owner dead.
+
+An owner is one process: a random token, the hostname, the kernel's boot id, the
+pid namespace and the pid with its start time. Two records are the same place
+only when hostname, boot id and pid namespace all agree; containers and cluster
+nodes often share a hostname, and pids mean nothing across namespaces. Then, and
+only then, the process table decides (the pid is gone, or now belongs to a later
+process). Anywhere else only the heartbeat lease decides: a live run writes its
+heartbeat every `heartbeat_seconds`; once its last heartbeat is older than its
+recorded `lease_seconds`, it is dead. Heartbeats use each machine's UTC clock,
+so machines sharing a database need clocks within a small part of the lease (NTP).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
+
+HEARTBEAT_SECONDS = 30.0
+LEASE_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The named liveness settings; TECLI_HEARTBEAT_SECONDS and TECLI_LEASE_SECONDS override them."""
+
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
+    lease_seconds: float = LEASE_SECONDS
+
+    @classmethod
+    def from_env(cls) -> "Lease":
+        beat = float(os.environ.get("TECLI_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+        lease = float(os.environ.get("TECLI_LEASE_SECONDS", LEASE_SECONDS))
+        if not (0 < beat < lease):
+            raise ValueError(f"need 0 < TECLI_HEARTBEAT_SECONDS ({beat}) < TECLI_LEASE_SECONDS ({lease})")
+        return cls(beat, lease)
+
+
+@dataclass(frozen=True)
+class Owner:
+    token: str
+    host: str
+    boot_id: str | None
+    pid_namespace: str | None
+    pid: int
+    pid_started: int | None
+
+    def same_place(self, host: str, boot_id: str | None, pid_namespace: str | None) -> bool:
+        """True only when a record's process table is this one's: same host, boot and pid namespace."""
+        return (
+            self.boot_id is not None
+            and self.pid_namespace is not None
+            and (host, boot_id, pid_namespace) == (self.host, self.boot_id, self.pid_namespace)
+        )
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_started(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if gone or unknown."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@cache
+def _token() -> str:
+    return secrets.token_hex(16)
+
+
+def current_owner() -> Owner:
+    """This process as an owner (the token is drawn once per process)."""
+    pid = os.getpid()
+    return Owner(
+        token=_token(),
+        host=socket.gethostname(),
+        boot_id=_read("/proc/sys/kernel/random/boot_id"),
+        pid_namespace=_pid_namespace(),
+        pid=pid,
+        pid_started=process_started(pid),
+    )
+
+
+def process_alive(pid: int, pid_started: int | None) -> bool:
+    """Is this exact process still there? A pid reused by a later process does not count."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if pid_started is None:
+        return True
+    now = process_started(pid)
+    return now is None or now == pid_started
+
+
+def is_dead(run, me: Owner, now: datetime) -> bool:
+    """Judge a `running` run's row (host, boot_id, pid_namespace, pid, pid_started,
+    heartbeat_at, lease_seconds) from `me`'s place at `now` (naive UTC)."""
+    if me.same_place(run.host, run.boot_id, run.pid_namespace):
+        return not process_alive(run.pid, run.pid_started)
+    lease = run.lease_seconds if run.lease_seconds is not None else LEASE_SECONDS
+    return run.heartbeat_at < now - timedelta(seconds=lease)

@@ -1,0 +1,152 @@
+"""The results database's tables as SQLAlchemy models, and the states a run goes through.
+
+No torch and no engine set-up here (that is store.py): `tecli runs` and
+`tecli report` read these tables without either. Schema changes are made by
+Alembic migrations in tecli/db/migrations; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class RunStatus(enum.StrEnum):
+    """A run's state. Stored as its plain string, so the database stays readable by anyone."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+def utcnow() -> datetime:
+    """Naive UTC: the form every timestamp column holds."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("name", "source_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    source: Mapped[str] = mapped_column(Text)  # the sweep file's full text
+    source_hash: Mapped[str] = mapped_column(String(64))  # sha256 of source
+    targets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # data set -> {target, metric}
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="sweep")
+
+
+class Run(Base):
+    """One attempt at a run key. Who holds it (owner .. pid_started) decides liveness
+    (tecli.db.liveness); what it was measured under (device .. code_dirty) decides
+    which runs the report may compare in seconds."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_key: Mapped[str] = mapped_column(String(64), index=True)  # RunSpec.run_key(); one row per attempt
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    dataset: Mapped[str] = mapped_column(String(64), index=True)
+    data_copy: Mapped[str | None] = mapped_column(String(200))  # which copy of the data was read; None before set-up
+    variant: Mapped[str] = mapped_column(String(100), index=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    epochs_planned: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the complete RunSpec
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a RunStatus
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # The owner: the process training this attempt.
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(32))  # random token of the owning process
+    boot_id: Mapped[str | None] = mapped_column(String(64))  # the kernel's boot id: same machine, same boot
+    pid_namespace: Mapped[str | None] = mapped_column(String(64))  # e.g. "pid:[4026531836]"
+    pid_started: Mapped[int | None] = mapped_column(BigInteger)  # process start, clock ticks since boot
+    lease_seconds: Mapped[float | None] = mapped_column(Float)  # heartbeat older than this: the owner is gone
+    # Conditions of measurement.
+    device: Mapped[str] = mapped_column(String(32))
+    gpu_name: Mapped[str | None] = mapped_column(String(200))
+    threads: Mapped[int | None] = mapped_column(Integer)  # torch's CPU threads, as used
+    cpu_model: Mapped[str | None] = mapped_column(String(200))
+    code_version: Mapped[str | None] = mapped_column(String(100))  # git:<sha>[+dirty:<src hash>] or pkg:<ver>+src:<hash>
+    code_dirty: Mapped[bool | None] = mapped_column(Boolean)  # uncommitted changes in tecli/; None outside a checkout
+    tecli_version: Mapped[str] = mapped_column(String(32))
+    torch_version: Mapped[str] = mapped_column(String(32))
+    torchvision_version: Mapped[str] = mapped_column(String(32))
+    numba_version: Mapped[str] = mapped_column(String(32))
+    python_version: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    sweep: Mapped[Sweep | None] = relationship(back_populates="runs")
+    epochs: Mapped[list[Epoch]] = relationship(
+        back_populates="run", order_by="Epoch.epoch", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Claim(Base):
+    """One row per run key: the attempt that holds it. The primary key is the rule that
+    no key is trained twice at once; an attempt takes a key in the same transaction
+    that creates it (tecli.db.recording.claim_run)."""
+
+    __tablename__ = "claims"
+
+    run_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    """A run's latest training state (replaced after each epoch), so any worker that
+    reaches the database can resume it."""
+
+    __tablename__ = "checkpoints"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)  # the last finished epoch it holds
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    code_version: Mapped[str] = mapped_column(String(100))
+    saved_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)  # 1-based
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    test_loss: Mapped[float] = mapped_column(Float)
+    test_acc: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)  # epoch wall time, TE work and test evaluation included
+    te_seconds: Mapped[float] = mapped_column(Float)
+    te_mean: Mapped[float | None] = mapped_column(Float)
+    te_max: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="epochs")
