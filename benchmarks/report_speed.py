@@ -1,7 +1,7 @@
 """`tecli report` on 1,000 runs x 50 epochs: wall time of the whole command.
 
-Fills a fresh SQLite database through the store API (a sweep, 5 data sets x
-100 seeds x 2 variants, 50 epochs each), then times `tecli report` as a user
+Fills a fresh SQLite database through the recording API (a sweep, 5 data sets x
+100 seeds x 2 variants, 50 epochs each, all under one set of conditions), then times `tecli report` as a user
 runs it (a new process: imports, database open, computation, rendering), for the
 terminal table and for markdown. Goal: under 2 seconds. CPU time is printed next
 to wall time: on a machine busy with other work it shows what the command costs.
@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tecli.db.store import open_database
 from tecli.epoch import EpochResult
-from tecli.recording import finish_run, insert_run, record_epoch
 from tecli.spec import RunSpec, TEConfig
-from tecli.store import open_database
-from tecli.sweep import register
-from tecli.sweepfile import SweepSpec
+from tecli.sweep.file import SweepSpec
+from tecli.sweep.plan import register
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from recorded import TEST_CONDITIONS, record_run  # noqa: E402  (the tests' helper: claim, epochs, finish)
 
 DATASETS = ("usps", "mnist", "fashionmnist", "cifar10", "svhn")
 
@@ -38,12 +40,13 @@ def fill(path: str) -> None:
         for seed in range(100):
             for te in (False, True):
                 spec = RunSpec(dataset=dataset, seed=seed, epochs=50, te=TEConfig() if te else None)
-                run_id = insert_run(engine, spec, "synthetic", "cpu", 1, sweep_id)
                 acc = 1 - 0.5 * np.exp(-np.arange(1, 51) / rng.uniform(5, 15))
-                for epoch in range(1, 51):
-                    record_epoch(engine, run_id, EpochResult(epoch, 0.1, acc[epoch - 1], 0.2, acc[epoch - 1],
-                                                          1.0, 0.03 if te else 0.0, 0.05 if te else None, 0.4 if te else None))  # fmt: skip
-                finish_run(engine, run_id, "completed")
+                epochs = [
+                    EpochResult(epoch, 0.1, acc[epoch - 1], 0.2, acc[epoch - 1],
+                                1.0, 0.03 if te else 0.0, 0.05 if te else None, 0.4 if te else None)
+                    for epoch in range(1, 51)
+                ]  # fmt: skip
+                record_run(engine, spec, epochs, conditions=TEST_CONDITIONS, sweep_id=sweep_id, data_copy="synthetic")
 
 
 def main() -> None:
@@ -55,7 +58,7 @@ def main() -> None:
         if not Path(db).exists():
             start = time.perf_counter()
             fill(db)
-            print(f"filled 1,000 runs x 50 epochs through the store API in {time.perf_counter() - start:.1f} s")
+            print(f"filled 1,000 runs x 50 epochs through the recording API in {time.perf_counter() - start:.1f} s")
         for fmt in ("table", "markdown"):
             best_wall = best_cpu = float("inf")
             for _ in range(3):

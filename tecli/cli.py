@@ -367,9 +367,23 @@ def run_cli() -> None:
     try:
         code = app(prog_name="tecli", standalone_mode=False)
     except usage_error as error:
-        if error.format_message():  # empty after `tecli` alone, which has printed the help
+        message = " ".join(error.format_message().splitlines())
+        if message:  # empty after `tecli` alone, which has printed the help
+            import re
+
+            from tecli.errors import SHOWN_LIMIT
+
+            # click echoes the bad value quoted ('...'), in parentheses (extra arguments) or bare (--option)
+            def cut(match: re.Match) -> str:
+                quoted, parenthesized, bare = match.groups()
+                if quoted is not None:
+                    return f"'{shown(quoted)}'"
+                return f"({shown(parenthesized)})" if parenthesized is not None else shown(bare)
+
+            long_value = r"'([^']{%d,})'|\(([^()]{%d,})\)|(\S{%d,})" % ((SHOWN_LIMIT + 1,) * 3)
+            message = re.sub(long_value, cut, message)
             where = error.ctx.command_path if error.ctx else "tecli"
-            typer.echo(f"error: {error.format_message()} (see `{where} --help`)", err=True)
+            typer.echo(f"error: {message} (see `{where} --help`)", err=True)
         sys.exit(error.exit_code)
     except typer.Abort:
         sys.exit(130)

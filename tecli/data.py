@@ -55,7 +55,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from tecli.errors import UserError
+from tecli.errors import UserError, shown
 from tecli.paths import cache_dir, data_root, writable_folder
 
 if TYPE_CHECKING:  # torch is imported when data is loaded, so the registry stays light
@@ -137,7 +137,7 @@ class _Npz:
         with np.load(path) as z:
             missing = [k for k in _KEYS if k not in z.files]
             if missing:
-                raise UserError(f"{path} lacks {', '.join(missing)}; the npz form needs {', '.join(_KEYS)}")
+                raise UserError(f"{shown(path)} lacks {', '.join(missing)}; the npz form needs {', '.join(_KEYS)}")
             return {k: z[k] for k in _KEYS}
 
 
@@ -262,7 +262,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> DataSp
     """Load `name` from the first copy found (downloading if none is), normalized, into memory."""
     spec = _REGISTRY.get(name)
     if spec is None:
-        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        raise UserError(f"unknown dataset {shown(name)!r}; valid names: {', '.join(DATASET_NAMES)}")
     root = data_root(data_dir)
     folders = list(dict.fromkeys([root, cache_dir() / "downloads"]))
     found = _find(spec, folders)
@@ -272,7 +272,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> DataSp
         if found is None:
             expected = " or ".join(" + ".join(copy.files) for copy in spec.copies)
             raise UserError(
-                f"dataset {spec.name!r} not found in {' or '.join(map(str, folders))} "
+                f"dataset {spec.name!r} not found in {' or '.join(map(shown, folders))} "
                 f"(expected {expected}) and the download failed ({failure}); "
                 "put the files there, or pass --data-dir / set TECLI_DATA_DIR to the folder that holds them"
             )
@@ -283,7 +283,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> DataSp
         raise
     except Exception as error:  # truncated or corrupt files fail in many ways (zip, HDF5, torchvision)
         raise UserError(
-            f"cannot read {spec.name} from {copy.label} in {folder}: {type(error).__name__}: "
+            f"cannot read {spec.name} from {copy.label} in {shown(folder)}: {type(error).__name__}: "
             f"{' '.join(str(error).split())}; the file may be corrupt, replace it"
         ) from None
     return _to_splits(spec, copy.label, arrays)

@@ -9,7 +9,8 @@ import re
 
 SHOWN_LIMIT = 200
 # A run of this many non-space characters in a message is a user's value that missed shown().
-_LONG_RUN = re.compile(rf"\S{{{SHOWN_LIMIT + 100},}}")
+# (The punctuation that ends a run, as in "--db VALUE: ...", stays.)
+_LONG_RUN = re.compile(rf"\S{{{SHOWN_LIMIT + 100},}}?(?=[:;,.]?(?:\s|$))")
 
 
 class UserError(Exception):

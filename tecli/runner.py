@@ -9,7 +9,6 @@ set-up errors as a failed run. SIGTERM is handled like Ctrl-C: the run is marked
 
 from __future__ import annotations
 
-import os
 import signal
 import traceback
 from collections.abc import Callable, Iterator
@@ -125,6 +124,11 @@ def record_training(
         except DBAPIError:
             pass  # left `running`; liveness marks it interrupted later
 
+    def unwritable(error: DBAPIError) -> RunFailed:
+        message = f"cannot write the database {describe(engine.url)}: {first_line(error.orig)}"
+        finish(RunStatus.FAILED, message)
+        return RunFailed(attempt.run_id, message)
+
     with Heartbeat(engine, attempt), sigterm_as_interrupt():
         try:
             for result in epochs:
@@ -136,15 +140,16 @@ def record_training(
             finish(RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM")
             raise RunInterrupted(attempt.run_id, len(results)) from None
         except DBAPIError as error:
-            message = f"cannot write the database {describe(engine.url)}: {first_line(error.orig)}"
-            finish(RunStatus.FAILED, message)
-            raise RunFailed(attempt.run_id, message) from None
+            raise unwritable(error) from None
         except RunTakenOver as error:
             raise RunFailed(attempt.run_id, str(error)) from None
         except Exception as error:
             finish(RunStatus.FAILED, traceback.format_exc())
             raise RunFailed(attempt.run_id, f"{type(error).__name__}: {shown(error)}") from error
-        finish(RunStatus.COMPLETED, None)
+        try:
+            finish_run(engine, attempt, RunStatus.COMPLETED, None)
+        except DBAPIError as error:  # every epoch is recorded, but not that the run completed: no success
+            raise unwritable(error) from None
     return results
 
 

@@ -185,6 +185,11 @@ class RunSpec:
                 f"TE window {self.te.window} is longer than {self.dataset}'s training set ({n_train} samples); "
                 "use a smaller --te-window (te window in sweep files)"
             )
+        if self.te is not None and self.te.delay >= n_train:
+            raise UserError(
+                f"TE delay {self.te.delay} is not shorter than {self.dataset}'s training set ({n_train} samples); "
+                "use a smaller --te-delay (te delay in sweep files)"
+            )
 
     @property
     def te_seed(self) -> int:

@@ -1,4 +1,4 @@
-"""`tecli report` on a small database built through the real store API, against hand-computed numbers.
+"""`tecli report` on a small database built through the real recording API, against hand-computed numbers.
 
 usps, target 0.9 test_acc, 3 epochs per run:
   baseline (1.0 s/epoch)                    te (1.5 s/epoch, 0.3 s of it TE work)
@@ -13,10 +13,12 @@ paired seeds 0, 1, 3: epochs 2, 3, 1 vs 1, 2, 2 -> speedup 2 / (5/3) = 1.2;
 epoch time ratio 1.5; TE share 0.2.
 mnist: three te runs (one recorded by `tecli run`, outside the sweep) and no baseline.
 One failed and one interrupted usps run (seeds outside the sweep's grid) are not counted.
+Every run is measured under TEST_CONDITIONS (cpu, 1 thread, "test cpu", "git:test") unless a test says otherwise.
 """
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -25,13 +27,14 @@ import pytest
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
+from recorded import TEST_CONDITIONS, record_run
 from tecli.cli import app
+from tecli.db.schema import RunStatus
+from tecli.db.store import open_database
 from tecli.epoch import EpochResult
-from tecli.recording import finish_run, insert_run, record_epoch
 from tecli.spec import RunSpec, TEConfig
-from tecli.store import open_database
-from tecli.sweep import register
-from tecli.sweepfile import parse_sweep
+from tecli.sweep.file import parse_sweep
+from tecli.sweep.plan import register
 
 BASE = {0: (0.80, 0.91, 0.95), 1: (0.85, 0.88, 0.92), 2: (0.70, 0.80, 0.85), 3: (0.90, 0.93, 0.94)}
 TE = {0: (0.92, 0.93, 0.95), 1: (0.85, 0.91, 0.93), 2: (0.88, 0.90, 0.91), 3: (0.89, 0.95, 0.96)}
@@ -57,28 +60,31 @@ te = true
 """
 
 
-@pytest.fixture
-def db(tmp_path):
+def fill(tmp_path, conditions=lambda te, seed: TEST_CONDITIONS):
+    """The database described above; `conditions(te, seed)` gives each usps run's conditions."""
     path = str(tmp_path / "report.db")
     engine = open_database(path)
     sweep_id = register(engine, parse_sweep(SWEEP, tmp_path / "s.toml"))
 
-    def add(dataset, seed, te, accs, seconds, te_seconds, status="completed", in_sweep=True, lr=0.01):
+    def add(dataset, seed, te, accs, seconds, te_seconds, status="completed", in_sweep=True, lr=0.01, cond=TEST_CONDITIONS):
         spec = RunSpec(dataset=dataset, seed=seed, epochs=3, lr=lr, te=TEConfig() if te else None)
-        run_id = insert_run(engine, spec, "test copy", "cpu", 1, sweep_id if in_sweep else None)
-        for epoch, acc in enumerate(accs, 1):
-            record_epoch(engine, run_id, epoch_result(epoch, acc, seconds, te_seconds))
-        finish_run(engine, run_id, status)
+        epochs = [epoch_result(epoch, acc, seconds, te_seconds) for epoch, acc in enumerate(accs, 1)]
+        record_run(engine, spec, epochs, RunStatus(status), cond, sweep_id if in_sweep else None)
 
     for seed in range(4):
-        add("usps", seed, False, BASE[seed], 1.0, 0.0)
-        add("usps", seed, True, TE[seed], 1.5, 0.3)
+        add("usps", seed, False, BASE[seed], 1.0, 0.0, cond=conditions(False, seed))
+        add("usps", seed, True, TE[seed], 1.5, 0.3, cond=conditions(True, seed))
     add("mnist", 0, True, (0.98, 0.99, 0.992), 2.0, 0.1)
     add("mnist", 1, True, (0.97, 0.985, 0.989), 2.0, 0.1)
     add("usps", 9, False, (0.5,), 1.0, 0.0, status="failed")
     add("usps", 8, True, (0.5,), 1.0, 0.0, status="interrupted")
     add("mnist", 2, True, (0.99, 0.995, 0.995), 2.0, 0.1, in_sweep=False)  # in the grid, run by `tecli run`
     return path, add
+
+
+@pytest.fixture
+def db(tmp_path):
+    return fill(tmp_path)
 
 
 def report(db, *args):
@@ -110,6 +116,22 @@ def test_json_numbers_equal_hand_computed_values(db):
     assert data["excluded"] == {"failed": 1, "interrupted": 1}
     assert data["targets"]["usps"] == {"target": 0.9, "metric": "test_acc"}
     assert groups["mnist", "te"]["run_ids"] == "9 10 13" and groups["mnist", "te"]["n_reached"] == 2
+    # One set of conditions everywhere: nothing differs, every run carries its conditions.
+    assert all(g["mixed_conditions"] == "" for g in data["groups"]) and data["compare_mixed_conditions"] is False
+    assert (te["device"], te["gpu_name"], te["threads"], te["cpu_model"], te["code_version"]) == (
+        "cpu", "none", "1", "test cpu", "git:test"
+    )
+    assert all(
+        (r["device"], r["gpu_name"], r["threads"], r["cpu_model"], r["code_version"]) == ("cpu", None, 1, "test cpu", "git:test")
+        for r in data["runs"]
+    )
+
+
+def test_mixed_conditions_flag_changes_nothing_when_conditions_agree(db):
+    plain = json.loads(report(db, "--format", "json"))
+    mixed = json.loads(report(db, "--format", "json", "--mixed-conditions"))
+    assert mixed["groups"] == plain["groups"] and mixed["statements"] == plain["statements"]
+    assert mixed["compare_mixed_conditions"] is True
 
 
 def test_sweep_scope_is_the_grid_of_the_sweep_file(db):
@@ -144,6 +166,9 @@ def test_csv_parses_back_to_the_same_numbers(db):
         for column in ("epochs_mean", "seconds_std", "final_acc_mean", "epoch_time_ratio", "p_epochs"):
             expected = groups[key][column]
             assert (row[column] == "" and expected is None) or float(row[column]) == pytest.approx(expected, rel=1e-12)
+    assert (te["device"], te["threads"], te["cpu_model"], te["code_version"], te["mixed_conditions"]) == (
+        "cpu", "1", "test cpu", "git:test", ""
+    )
 
 
 def test_target_on_the_command_line_overrides_the_sweep(db):
@@ -193,7 +218,8 @@ EXPECTED_MARKDOWN = """\
 # tecli report
 
 Targets: usps 0.9 test_acc. Baseline variant: baseline.
-Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p.
+Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version git:test (8 runs).
+Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p. Seconds (to target, epoch time, speedup) are compared only between runs measured under the same conditions (device and GPU, threads, CPU model, code version); where these differ they show as - and the statement names the difference.
 
 ## Per data set and variant
 
@@ -208,16 +234,16 @@ Epochs and seconds to target: mean ± std (median) over the runs that reached th
 
 ## Runs
 
-| run | data set | variant | seed | epochs | epochs to target | seconds to target | final test acc | best test acc | mean epoch s | TE share |
-|---|---|---|---|---|---|---|---|---|---|---|
-| 1 | usps | baseline | 0 | 3/3 | 2 | 2.0 | 0.9500 | 0.9500 | 1.00 | 0.0% |
-| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% |
-| 5 | usps | baseline | 2 | 3/3 | not reached | - | 0.8500 | 0.8500 | 1.00 | 0.0% |
-| 7 | usps | baseline | 3 | 3/3 | 1 | 1.0 | 0.9400 | 0.9400 | 1.00 | 0.0% |
-| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% |
-| 4 | usps | te | 1 | 3/3 | 2 | 3.0 | 0.9300 | 0.9300 | 1.50 | 20.0% |
-| 6 | usps | te | 2 | 3/3 | 2 | 3.0 | 0.9100 | 0.9100 | 1.50 | 20.0% |
-| 8 | usps | te | 3 | 3/3 | 2 | 3.0 | 0.9600 | 0.9600 | 1.50 | 20.0% |
+| run | data set | variant | seed | epochs | epochs to target | seconds to target | final test acc | best test acc | mean epoch s | TE share | device | threads | code |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| 1 | usps | baseline | 0 | 3/3 | 2 | 2.0 | 0.9500 | 0.9500 | 1.00 | 0.0% | cpu | 1 | git:test |
+| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% | cpu | 1 | git:test |
+| 5 | usps | baseline | 2 | 3/3 | not reached | - | 0.8500 | 0.8500 | 1.00 | 0.0% | cpu | 1 | git:test |
+| 7 | usps | baseline | 3 | 3/3 | 1 | 1.0 | 0.9400 | 0.9400 | 1.00 | 0.0% | cpu | 1 | git:test |
+| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 1 | git:test |
+| 4 | usps | te | 1 | 3/3 | 2 | 3.0 | 0.9300 | 0.9300 | 1.50 | 20.0% | cpu | 1 | git:test |
+| 6 | usps | te | 2 | 3/3 | 2 | 3.0 | 0.9100 | 0.9100 | 1.50 | 20.0% | cpu | 1 | git:test |
+| 8 | usps | te | 3 | 3/3 | 2 | 3.0 | 0.9600 | 0.9600 | 1.50 | 20.0% | cpu | 1 | git:test |
 
 Not counted (not completed, or an older completed run of the same key): 1 failed, 1 interrupted.
 """.replace("P_EPOCHS", f"{wilcoxon([2, 3, 1], [1, 2, 2]).pvalue:.3f}").replace(
@@ -230,9 +256,140 @@ def test_identical_pairs_are_said_to_show_no_difference(tmp_path):
     sweep_id = register(engine, parse_sweep(SWEEP.replace("[datasets.mnist]\ntarget = 0.99\n", ""), tmp_path / "s.toml"))
     for seed in range(3):
         for te in (False, True):
-            run_id = insert_run(engine, RunSpec(dataset="usps", seed=seed, epochs=3, te=TEConfig() if te else None), "c", "cpu", 1, sweep_id)
-            for epoch, acc in enumerate((0.5, 0.95, 0.96), 1):
-                record_epoch(engine, run_id, epoch_result(epoch, acc, 1.0, 0.1 if te else 0.0))
-            finish_run(engine, run_id, "completed")
+            spec = RunSpec(dataset="usps", seed=seed, epochs=3, te=TEConfig() if te else None)
+            epochs = [epoch_result(epoch, acc, 1.0, 0.1 if te else 0.0) for epoch, acc in enumerate((0.5, 0.95, 0.96), 1)]
+            record_run(engine, spec, epochs, sweep_id=sweep_id, data_copy="c")
     statements = json.loads(report((str(tmp_path / "same.db"),), "--format", "json"))["statements"]
     assert statements[0].endswith("Every paired seed reached the target in the same epoch: no difference in epochs.")
+
+
+# Conditions of measurement. The numbers are those of the module docstring; only the conditions change.
+P_EPOCHS = wilcoxon([2, 3, 1], [1, 2, 2]).pvalue
+P_SECONDS = wilcoxon([2.0, 3.0, 1.0], [1.5, 3.0, 3.0]).pvalue
+SECONDS = ("seconds_mean", "seconds_std", "seconds_median", "mean_epoch_s", "epoch_time_ratio", "speedup_seconds", "p_seconds")
+TWO_THREADS = dataclasses.replace(TEST_CONDITIONS, threads=2)
+OLD_ROW = dataclasses.replace(TEST_CONDITIONS, threads=None, cpu_model=None, code_version=None, code_dirty=None)
+NOT_COMPARED = "pass --mixed-conditions to compare them anyway."
+
+
+def groups_of(data) -> dict:
+    return {(g["dataset"], g["variant"]): g for g in data["groups"]}
+
+
+def assert_usps_te_numbers_as_before(te):
+    assert (te["epochs_mean"], te["epochs_std"], te["epochs_median"]) == (1.75, 0.5, 2.0)
+    assert te["speedup_epochs"] == pytest.approx(1.2) and te["p_epochs"] == pytest.approx(P_EPOCHS)
+
+
+def assert_usps_te_seconds_as_before(te):
+    assert (te["seconds_mean"], te["seconds_std"], te["seconds_median"]) == (2.625, 0.75, 3.0)
+    assert te["mean_epoch_s"] == 1.5 and te["epoch_time_ratio"] == pytest.approx(1.5)
+    assert te["speedup_seconds"] == pytest.approx(0.8) and te["p_seconds"] == pytest.approx(P_SECONDS)
+
+
+def test_baseline_and_te_on_different_threads_compare_epochs_only(tmp_path):
+    db = fill(tmp_path, lambda te, seed: TWO_THREADS if te else TEST_CONDITIONS)
+    data = json.loads(report(db, "--format", "json"))
+    groups = groups_of(data)
+    base, te = groups["usps", "baseline"], groups["usps", "te"]
+    assert te["mixed_conditions"] == "threads (1, 2)" and te["threads"] == "2"
+    assert all(te[column] is None for column in SECONDS)  # NaN in the frame, null in json
+    assert_usps_te_numbers_as_before(te)
+    assert te["pairs"] == 3 and te["te_share"] == pytest.approx(0.2)
+    # The baseline's own runs agree: its seconds stand (2, 3, 1 s), as do mnist's (4 and 2 s).
+    assert base["mixed_conditions"] == "" and (base["seconds_mean"], base["seconds_std"]) == (2.0, 1.0)
+    assert base["epoch_time_ratio"] == 1.0 and groups["mnist", "te"]["seconds_mean"] == 3.0
+    runs = {r["run_id"]: r for r in data["runs"]}
+    assert (runs[1]["threads"], runs[2]["threads"]) == (1, 2)
+    assert runs[2]["seconds_to_target"] == 1.5  # a run's own seconds are not a comparison
+    assert data["statements"][1] == (
+        f"usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = {P_EPOCHS:.3f})"
+        " (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05;"
+        " with 3 pairs that differ the smallest attainable p is 0.2500, so more seeds are needed."
+        " Seconds are not compared: runs differ in threads (1, 2); " + NOT_COMPARED
+    )
+    assert len(data["statements"]) == 2  # the baseline's runs agree among themselves: nothing to say about it
+
+    markdown = report(db, "--format", "markdown", "--dataset", "usps")
+    assert (
+        f"| usps | te | 4 | 4 | 1.8 ± 0.5 (median 2.0) | - | 0.9375 ± 0.0222 | - | 20.0% | 1.20x (p {P_EPOCHS:.3f}) | - | 2 4 6 8 |"
+        in markdown
+    )
+    assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) |" in markdown
+    assert "| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 2 | git:test |" in markdown
+    assert (
+        "Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version git:test (4 runs); "
+        "device cpu, threads 2, cpu_model test cpu, code_version git:test (4 runs)." in markdown
+    )
+    table = report(db, "--dataset", "usps")
+    assert "Seconds are not compared: runs differ in threads (1, 2)" in table and "nan" not in table
+    rows = {(r["dataset"], r["variant"]): r for r in csv.DictReader(io.StringIO(report(db, "--format", "csv")))}
+    assert rows["usps", "te"]["seconds_mean"] == "" and rows["usps", "te"]["mixed_conditions"] == "threads (1, 2)"
+
+
+def test_mixed_conditions_flag_compares_seconds_and_still_names_the_difference(tmp_path):
+    db = fill(tmp_path, lambda te, seed: TWO_THREADS if te else TEST_CONDITIONS)
+    data = json.loads(report(db, "--format", "json", "--mixed-conditions"))
+    te = groups_of(data)["usps", "te"]
+    assert_usps_te_numbers_as_before(te)
+    assert_usps_te_seconds_as_before(te)
+    assert te["mixed_conditions"] == "threads (1, 2)" and data["compare_mixed_conditions"] is True
+    statement = data["statements"][1]
+    assert f"0.80x in seconds (p = {P_SECONDS:.3f}); an epoch costs 1.50x the baseline's" in statement
+    assert statement.endswith("Seconds compare runs that differ in threads (1, 2) (--mixed-conditions); read them with care.")
+    markdown = report(db, "--format", "markdown", "--dataset", "usps", "--mixed-conditions")
+    assert f"| 2.6 ± 0.8 (median 3.0) | 0.9375 ± 0.0222 | 1.500 | 20.0% | 1.20x (p {P_EPOCHS:.3f}) | 0.80x (p {P_SECONDS:.3f}) |" in markdown
+    assert "Seconds are compared even between runs measured under different conditions (--mixed-conditions)" in markdown
+
+
+def test_one_run_on_other_code_makes_its_group_epochs_only(tmp_path):
+    other = dataclasses.replace(TEST_CONDITIONS, code_version="git:0ther")
+    db = fill(tmp_path, lambda te, seed: other if te and seed == 3 else TEST_CONDITIONS)
+    groups = groups_of(json.loads(report(db, "--format", "json")))
+    te = groups["usps", "te"]
+    assert te["mixed_conditions"] == "code_version (git:0ther, git:test)" and te["code_version"] == "git:0ther, git:test"
+    assert all(te[column] is None for column in SECONDS)
+    assert_usps_te_numbers_as_before(te)
+    assert groups["usps", "baseline"]["seconds_mean"] == 2.0
+    statements = json.loads(report(db, "--format", "json"))["statements"]
+    assert statements[1].endswith("Seconds are not compared: runs differ in code_version (git:0ther, git:test); " + NOT_COMPARED)
+    assert "in seconds" not in statements[1] and "an epoch costs" not in statements[1]
+    mixed = json.loads(report(db, "--format", "json", "--mixed-conditions"))
+    assert_usps_te_seconds_as_before(groups_of(mixed)["usps", "te"])
+    assert "Seconds compare runs that differ in code_version (git:0ther, git:test) (--mixed-conditions)" in mixed["statements"][1]
+
+
+def test_an_old_row_without_conditions_in_the_baseline(tmp_path):
+    """A baseline run recorded before conditions were (NULL threads, CPU model, code version),
+    beside runs that have them: the baseline's seconds are not comparable among themselves."""
+    db = fill(tmp_path, lambda te, seed: OLD_ROW if not te and seed == 1 else TEST_CONDITIONS)
+    data = json.loads(report(db, "--format", "json"))
+    groups = groups_of(data)
+    base, te = groups["usps", "baseline"], groups["usps", "te"]
+    differ = "threads (1, unknown); cpu_model (test cpu, unknown); code_version (git:test, unknown)"
+    assert base["mixed_conditions"] == differ and te["mixed_conditions"] == differ
+    assert all(base[column] is None and te[column] is None for column in SECONDS)
+    assert (base["epochs_mean"], base["epochs_std"]) == (2.0, 1.0)
+    assert_usps_te_numbers_as_before(te)
+    named = "threads (1, unknown), cpu_model (test cpu, unknown) and code_version (git:test, unknown)"
+    assert data["statements"][1:] == [
+        f"usps/baseline: Seconds are not compared: runs differ in {named}; " + NOT_COMPARED,
+        data["statements"][2],
+    ]
+    assert data["statements"][2].endswith(f"Seconds are not compared: runs differ in {named}; " + NOT_COMPARED)
+    runs = {r["run_id"]: r for r in data["runs"]}
+    assert (runs[3]["threads"], runs[3]["cpu_model"], runs[3]["code_version"]) == (None, None, None)
+    markdown = report(db, "--format", "markdown", "--dataset", "usps")
+    assert "| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% | cpu | unknown | unknown |" in markdown
+    assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | - | 0.9150 ± 0.0451 | - | 0.0% | - | - | 1 3 5 7 |" in markdown
+
+
+def test_null_conditions_equal_themselves(tmp_path):
+    """Every usps run is an old row: unknown equals unknown, so seconds are compared as before."""
+    db = fill(tmp_path, lambda te, seed: OLD_ROW)
+    data = json.loads(report(db, "--format", "json", "--dataset", "usps"))
+    te = groups_of(data)["usps", "te"]
+    assert te["mixed_conditions"] == "" and te["threads"] == "unknown"
+    assert_usps_te_numbers_as_before(te)
+    assert_usps_te_seconds_as_before(te)
+    assert "Seconds" not in data["statements"][0]

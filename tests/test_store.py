@@ -156,7 +156,7 @@ def test_db_location_rules(tmp_path, monkeypatch):
     monkeypatch.setenv("TECLI_DB", str(tmp_path / "env.db"))
     assert str(database_url(None)) == f"sqlite:///{tmp_path / 'env.db'}"
     assert str(database_url(tmp_path / "arg.db")) == f"sqlite:///{tmp_path / 'arg.db'}"
-    assert str(database_url("sqlite:///x.db")) == "sqlite:///x.db"
+    assert str(database_url("sqlite:///x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
     url = database_url("postgresql+psycopg://me:secret@db.example:5433/results")
     assert (url.host, url.port, url.database, url.password) == ("db.example", 5433, "results", "secret")
 

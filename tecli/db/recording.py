@@ -20,6 +20,7 @@ tecli command opening the database finds it dead (tecli.db.liveness) and marks i
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import threading
 from dataclasses import dataclass
@@ -178,10 +179,14 @@ def set_data_copy(engine: Engine, attempt: Attempt, data_copy: str) -> None:
 
 
 def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult) -> None:
-    """Store one finished epoch in its own transaction (with the heartbeat)."""
+    """Store one finished epoch in its own transaction (with the heartbeat).
+
+    A number that is not finite (the loss of a diverged run) is stored as NULL on
+    every backend, as SQLite would store it anyway."""
+    values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(result).items()}
     with Session(engine) as session, session.begin():
         _fenced(session, attempt, heartbeat_at=utcnow())
-        session.add(Epoch(run_id=attempt.run_id, **dataclasses.asdict(result)))
+        session.add(Epoch(run_id=attempt.run_id, **values))
 
 
 def finish_run(engine: Engine, attempt: Attempt, status: RunStatus, error: str | None = None) -> bool:

@@ -139,9 +139,9 @@ class Epoch(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)  # 1-based
-    train_loss: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)  # None: not finite (the run diverged)
     train_acc: Mapped[float] = mapped_column(Float)
-    test_loss: Mapped[float] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
     test_acc: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)  # epoch wall time, TE work and test evaluation included
     te_seconds: Mapped[float] = mapped_column(Float)

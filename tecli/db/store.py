@@ -41,17 +41,22 @@ DRIVERS = {
 
 
 def database_url(db: str | os.PathLike | None = None) -> URL:
-    """The SQLAlchemy URL for --db / TECLI_DB / ./tecli.db, checked without connecting."""
+    """The SQLAlchemy URL for --db / TECLI_DB / ./tecli.db, checked without connecting or creating anything."""
     value = str(db) if db else os.environ.get("TECLI_DB") or DEFAULT_DB
-    if "://" in value:
-        return _server_url(value)
-    path = Path(value).expanduser().absolute()
-    folder = path.parent
-    if path.is_dir():
-        raise UserError(f"--db {shown(value)} is a folder; pass a database file path such as {path / DEFAULT_DB}")
-    if not folder.is_dir():
-        raise UserError(f"cannot create the database {shown(path)}: folder does not exist; create it or pass another --db")
-    return make_url(f"sqlite:///{path}")
+    url = _server_url(value) if "://" in value else make_url("sqlite://").set(database=value)
+    if url.get_backend_name() != "sqlite":
+        return url
+    if not url.database or url.database == ":memory:":
+        raise UserError(f"--db {shown(value)} is an in-memory database, which keeps nothing; pass a file path")
+    try:
+        path = Path(url.database).expanduser().absolute()
+        if path.is_dir():
+            raise UserError(f"--db {shown(value)} is a folder; pass a database file path such as {shown(path / DEFAULT_DB)}")
+        if not path.parent.is_dir():
+            raise UserError(f"cannot create the database {shown(path)}: folder does not exist; create it or pass another --db")
+    except OSError as error:  # a name too long for the filesystem, a path through a file
+        raise UserError(f"--db {shown(value)} is not a usable file path ({error.strerror}); pass another --db") from None
+    return url.set(database=str(path))
 
 
 def _server_url(value: str) -> URL:
@@ -127,7 +132,7 @@ def open_database(db: str | os.PathLike | None = None, create: bool = True) -> E
     from tecli.db.recording import mark_dead_runs
 
     url = database_url(db)
-    sqlite = url.get_backend_name() == "sqlite"
+    sqlite = url.get_backend_name() == "sqlite"  # database_url has checked its path
     if sqlite and not create and not Path(url.database).exists():
         raise UserError(f"no database at {url.database}; check --db or TECLI_DB (tecli run or tecli sweep creates it)")
     if sqlite and not writable_folder(Path(url.database).parent):

@@ -125,20 +125,29 @@ def condition_text(name: str, value, devices=()) -> str:
     return str(value)
 
 
-def _distinct(frame: pd.DataFrame, name: str) -> list[str]:
-    """The distinct values of one condition in `frame` (NULL is one value), as text, in order:
+DEVICE, GPU = CONDITION_FIELDS.index("device"), CONDITION_FIELDS.index("gpu_name")
+
+
+def condition_keys(runs: pd.DataFrame) -> list[tuple]:
+    """Each run's conditions as one tuple, in CONDITION_FIELDS order: equal tuples, equal conditions."""
+    return list(zip(*(runs[name].tolist() for name in CONDITION_FIELDS)))
+
+
+def _distinct(keys: set[tuple], index: int) -> list[str]:
+    """The distinct values of one condition among `keys` (NULL is one value), as text, in order:
     numbers by value, unknown last."""
-    values = frame[name].tolist()
-    unique = sorted(set(values), key=lambda v: (v is None, 0 if v is None else v))
-    none_devices = [d for v, d in zip(values, frame.device.tolist()) if v is None] if None in unique else []
-    return [condition_text(name, v, none_devices) for v in unique]
+    unique = sorted({k[index] for k in keys}, key=lambda v: (v is None, 0 if v is None else v))
+    devices = {k[DEVICE] for k in keys if k[GPU] is None} if index == GPU else ()
+    return [condition_text(CONDITION_FIELDS[index], v, devices) for v in unique]
 
 
-def condition_differences(frame: pd.DataFrame) -> list[str]:
-    """Each condition on which the runs of `frame` differ, with its values: e.g. "threads (1, 2)"."""
+def condition_differences(keys: set[tuple]) -> list[str]:
+    """Each condition on which `keys` differ, with its values: e.g. "threads (1, 2)"."""
+    if len(keys) < 2:
+        return []
     out = []
-    for name in CONDITION_FIELDS:
-        values = _distinct(frame, name)
+    for index, name in enumerate(CONDITION_FIELDS):
+        values = _distinct(keys, index)
         if len(values) > 1:
             out.append(f"{name} ({', '.join(values)})")
     return out
@@ -227,19 +236,24 @@ def _paired(base: pd.DataFrame, other: pd.DataFrame, column: str) -> tuple[int, 
     return n, differ, speedup, float(wilcoxon(paired.base, paired.other).pvalue)
 
 
-SECONDS_COLUMNS = ("seconds_mean", "seconds_std", "seconds_median", "mean_epoch_s", "epoch_time_ratio", "speedup_seconds", "p_seconds")  # fmt: skip
+# A group's numbers that compare seconds: NaN where conditions differ (unless --mixed-conditions).
+SECONDS_COLUMNS = (
+    "seconds_mean", "seconds_std", "seconds_median", "mean_epoch_s", "epoch_time_ratio", "speedup_seconds", "p_seconds",
+)  # fmt: skip
 
 
 def aggregate(measures: pd.DataFrame, baseline: str, mixed_conditions: bool = False) -> pd.DataFrame:
     """One row per data set x variant. Seconds (SECONDS_COLUMNS) are NaN where the group and its
     baseline group were not all measured under one set of conditions, unless `mixed_conditions`;
     `mixed_conditions` (the column) names the conditions that differ, empty when none."""
+    keys: dict[tuple[str, str], set[tuple]] = {}
+    for dataset, variant, key in zip(measures.dataset, measures.variant, condition_keys(measures)):
+        keys.setdefault((dataset, variant), set()).add(key)
     rows = []
     for (dataset, variant), group in measures.groupby(["dataset", "variant"], sort=True):
         reached = group.dropna(subset=["epochs_to_target"])
         base = measures[(measures.dataset == dataset) & (measures.variant == baseline)]
-        compared = group if variant == baseline or base.empty else pd.concat([base, group])
-        differences = condition_differences(compared)
+        differences = condition_differences(keys[dataset, variant] | keys.get((dataset, baseline), set()))
         e_mean, e_std, e_median = _mean_std_median(reached.epochs_to_target)
         s_mean, s_std, s_median = _mean_std_median(reached.seconds_to_target)
         row = {
@@ -260,7 +274,7 @@ def aggregate(measures: pd.DataFrame, baseline: str, mixed_conditions: bool = Fa
             "mixed_conditions": "; ".join(differences),
         }  # fmt: skip
         # The group's own conditions as text (several values joined by ", " when its runs differ).
-        row.update({name: ", ".join(_distinct(group, name)) for name in CONDITION_FIELDS})
+        row.update({name: ", ".join(_distinct(keys[dataset, variant], i)) for i, name in enumerate(CONDITION_FIELDS)})
         if variant != baseline and len(base):
             row["pairs"], row["pairs_differing"], row["speedup_epochs"], row["p_epochs"] = _paired(
                 base, group, "epochs_to_target"
@@ -381,7 +395,8 @@ def build_report(
         if row.variant == baseline:
             # The baseline's own runs differ: its row's seconds need a word too.
             if row.mixed_conditions:
-                statements.append(f"{row.dataset}/{row.variant}: {conditions_sentence(row.mixed_conditions, mixed_conditions)}")
+                sentence = conditions_sentence(row.mixed_conditions, mixed_conditions)
+                statements.append(f"{row.dataset}/{row.variant}: {sentence}")
             continue
         base = groups[(groups.dataset == row.dataset) & (groups.variant == baseline)]
         base_row = next(base.itertuples()) if len(base) else None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tecli.report.build import Report, condition_text
+from tecli.report.build import Report, condition_keys, condition_text
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -61,7 +61,8 @@ def run_rows(report: Report) -> list[list[str]]:
             "not reached" if math.isnan(r.epochs_to_target) else str(int(r.epochs_to_target)),
             _num(r.seconds_to_target, 1), _num(r.final_acc, 4), _num(r.best_acc, 4),
             _num(r.mean_epoch_s, 2), f"{r.te_share:.1%}",
-            _device_text(r.device, r.gpu_name), condition_text("threads", r.threads), condition_text("code_version", r.code_version),
+            _device_text(r.device, r.gpu_name), condition_text("threads", r.threads),
+            condition_text("code_version", r.code_version),
         ]  # fmt: skip
         for r in report.runs.itertuples()
     ]
@@ -75,8 +76,7 @@ def _device_text(device, gpu_name) -> str:
 
 def _conditions_line(report: Report) -> str:
     """Each set of conditions the listed runs were measured under, most runs first."""
-    runs = report.runs
-    sets = Counter(zip(runs.device, runs.gpu_name, runs.threads, runs.cpu_model, runs.code_version))
+    sets = Counter(condition_keys(report.runs))  # tuples in CONDITION_FIELDS order
     parts = [
         f"device {_device_text(device, gpu)}, threads {condition_text('threads', threads)}, "
         f"cpu_model {condition_text('cpu_model', cpu)}, code_version {condition_text('code_version', code)} "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tecli.db.schema import Run, RunStatus, Sweep
@@ -61,11 +62,21 @@ def plan(engine: Engine, sweep: SweepSpec, retry_failed: bool) -> list[PlannedRu
 
 
 def register(engine: Engine, sweep: SweepSpec) -> int:
-    """The sweep's row (name + file hash), created on first use; returns its id."""
-    with Session(engine) as session, session.begin():
-        row = session.scalar(select(Sweep).where(Sweep.name == sweep.name, Sweep.source_hash == sweep.source_hash))
-        if row is None:
-            row = Sweep(name=sweep.name, source=sweep.source, source_hash=sweep.source_hash, targets=sweep.targets)
-            session.add(row)
-            session.flush()
-        return row.id
+    """The sweep's row (name + file hash), created on first use; returns its id.
+
+    Sweeps of one file started together race to create the row: the unique
+    (name, hash) lets one win, and the others read its row."""
+    find = select(Sweep.id).where(Sweep.name == sweep.name, Sweep.source_hash == sweep.source_hash)
+    for _ in range(2):
+        try:
+            with Session(engine) as session, session.begin():
+                found = session.scalar(find)
+                if found is not None:
+                    return found
+                row = Sweep(name=sweep.name, source=sweep.source, source_hash=sweep.source_hash, targets=sweep.targets)
+                session.add(row)
+                session.flush()
+                return row.id
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"cannot register sweep {sweep.name!r}")

@@ -3,7 +3,8 @@
 claims: one row per run key naming the attempt that holds it (existing keys are
 given to their newest attempt). runs: the owner's identity for liveness across
 machines, its lease, and the conditions of measurement; data_copy may be empty
-while a sweep's run sets up. checkpoints: a run's latest training state.
+while a sweep's run sets up. epochs: a loss that is not finite (a diverged run) is
+stored as NULL, as SQLite would anyway. checkpoints: a run's latest training state.
 
 Revision ID: 0002
 Revises: 0001
@@ -58,6 +59,10 @@ def upgrade() -> None:
                existing_type=sa.VARCHAR(length=200),
                nullable=True)
 
+    with op.batch_alter_table('epochs', schema=None) as batch_op:
+        batch_op.alter_column('train_loss', existing_type=sa.Float(), nullable=True)
+        batch_op.alter_column('test_loss', existing_type=sa.Float(), nullable=True)
+
     op.execute(
         "INSERT INTO claims (run_key, run_id, claimed_at) "
         "SELECT run_key, id, started_at FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY run_key)"
@@ -66,6 +71,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Downgrade schema."""
+    with op.batch_alter_table('epochs', schema=None) as batch_op:
+        batch_op.alter_column('test_loss', existing_type=sa.Float(), nullable=False)
+        batch_op.alter_column('train_loss', existing_type=sa.Float(), nullable=False)
+
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.alter_column('data_copy',
                existing_type=sa.VARCHAR(length=200),
