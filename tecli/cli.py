@@ -133,6 +133,8 @@ def run(
         ).validate(_option_name)
         from tecli.runner import RunFailed, RunInterrupted, run_one
 
+        from tecli.db.recording import RunTakenOver
+
         try:
             run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads)
         except RunInterrupted as stop:
@@ -140,6 +142,9 @@ def run(
             raise typer.Exit(130) from None
         except RunFailed as failure:
             typer.echo(f"error: {failure} (see `tecli runs show {failure.run_id}`)", err=True)
+            raise typer.Exit(1) from None
+        except RunTakenOver as taken:
+            typer.echo(f"error: {taken}", err=True)
             raise typer.Exit(1) from None
 
 
@@ -160,15 +165,20 @@ def sweep(
             raise UserError(f"--workers must be >= 1, got {workers}")
         from rich.console import Console
 
-        from tecli.db.store import database_url, open_database
+        from sqlalchemy.exc import DBAPIError
+
+        from tecli.db.store import database_url, describe, first_line, open_database
         from tecli.runner import configure, sigterm_as_interrupt
         from tecli.sweep.executors import LocalProcesses, Task
         from tecli.sweep.plan import plan, register
         from tecli.sweep.display import SweepProgress, plan_counts, plan_table
         from tecli.sweep.file import load_sweep
 
+        from tecli.db.liveness import Lease
+
         spec = load_sweep(file)
         url = database_url(db)
+        Lease.from_env()
         configure(device, threads)  # check device and threads before anything is recorded
         engine = open_database(url)
         planned = plan(engine, spec, retry_failed)
@@ -182,7 +192,7 @@ def sweep(
         to_run = [p for p in planned if p.state == "to run"]
         per_run_threads = threads or max(1, (os.cpu_count() or 1) // workers)
         tasks = [
-            Task(i, p.spec, url, sweep_id, data_dir, device, per_run_threads)
+            Task(i, p.spec, url, sweep_id, data_dir, device, per_run_threads, retry_failed)
             for i, p in enumerate(to_run)
         ]
         display = SweepProgress(console, to_run)
@@ -192,6 +202,9 @@ def sweep(
                 LocalProcesses(workers).run(tasks, display.report)
             except KeyboardInterrupt:
                 interrupted = True
+            except DBAPIError as error:  # the database went away mid-sweep: the workers were stopped
+                typer.echo(f"error: cannot use the database {describe(url)}: {first_line(error.orig)}", err=True)
+                raise typer.Exit(1) from None
         line, counts = display.summary(skipped=len(planned) - len(to_run))
         console.print(line)
     if interrupted:
@@ -339,10 +352,7 @@ def db_current(db: Optional[str] = _db_option()) -> None:
         from tecli.db import migrate
         from tecli.db.store import create_db_engine, database_errors, database_url
 
-        url = database_url(db)
-        if url.get_backend_name() == "sqlite" and not Path(url.database).exists():
-            raise UserError(f"no database at {url.database}; check --db or TECLI_DB")
-        engine = create_db_engine(url)
+        engine = create_db_engine(database_url(db, must_exist=True))
         with database_errors(engine):
             revision = migrate.current(engine)
         head = migrate.head()

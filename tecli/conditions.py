@@ -1,10 +1,12 @@
 """Conditions of measurement: what a run's seconds depend on besides its specification.
 
-Recorded with every run (device, GPU name, CPU threads used, CPU model, code
-version); the report compares seconds only between runs measured under equal
-conditions. The code version is the git commit when tecli runs from a checkout
-(`git:<sha>`, with `+dirty:<hash of tecli's sources>` when tecli/ has uncommitted
-changes), else the package version with that hash (`pkg:<version>+src:<hash>`).
+Recorded with every run (device type, GPU name, CPU threads used, CPU model,
+code version); the report compares seconds only between runs measured under
+equal conditions. The code version is a hash of tecli's own sources
+(`src:<12 hex digits>`): what ran, whether from a checkout or an installed
+package, and unchanged by commits that touch only documents or results. Beside
+it each run records the git commit and whether tecli/ had uncommitted changes
+when it runs from a checkout (None otherwise), and the package version.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from tecli import __version__
 
 PACKAGE = Path(__file__).resolve().parent
 # Conditions the report compares, in the order it names them.
@@ -30,6 +31,7 @@ class Conditions:
     threads: int
     cpu_model: str | None
     code_version: str
+    code_commit: str | None
     code_dirty: bool | None
 
 
@@ -53,15 +55,18 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip()
 
 
+def code_version() -> str:
+    return f"src:{source_hash()}"
+
+
 @cache
-def code_version() -> tuple[str, bool | None]:
-    """(version string, dirty flag); the flag is None outside a git checkout."""
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, uncommitted changes in tecli/) when tecli runs from a git checkout, else (None, None)."""
     top = _git("rev-parse", "--show-toplevel")
     commit = _git("rev-parse", "HEAD") if top and (PACKAGE.parent == Path(top).resolve()) else None
     if commit is None:
-        return f"pkg:{__version__}+src:{source_hash()}", None
-    dirty = bool(_git("status", "--porcelain", "--", str(PACKAGE)))
-    return (f"git:{commit[:12]}+dirty:{source_hash()}" if dirty else f"git:{commit[:12]}"), dirty
+        return None, None
+    return commit, bool(_git("status", "--porcelain", "--", str(PACKAGE)))
 
 
 @cache
@@ -84,8 +89,11 @@ def gpu_name(device: str) -> str | None:
 
 
 def current_conditions(device: str) -> Conditions:
-    """This process's conditions for a run on `device` (torch's threads as set now)."""
+    """This process's conditions for a run on `device` (torch's threads as set now).
+
+    The device is recorded by type (cpu, cuda): which GPU it was is its name."""
     import torch
 
-    version, dirty = code_version()
-    return Conditions(device, gpu_name(device), torch.get_num_threads(), cpu_model(), version, dirty)
+    commit, dirty = git_state()
+    device_type = torch.device(device).type
+    return Conditions(device_type, gpu_name(device), torch.get_num_threads(), cpu_model(), code_version(), commit, dirty)

@@ -101,14 +101,17 @@ def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None) ->
 def record_training(
     engine: Engine,
     attempt: Attempt,
-    epochs: Iterator[EpochResult],
+    setup: Callable[[], Iterator[EpochResult]],
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:
-    """Train, committing each epoch as it ends; the run's final status is recorded on the way out.
+    """A claimed attempt from set-up to its final status, with its heartbeat all along.
 
-    The database failing mid-run (disk full, server gone) ends the run with one line;
-    it is marked failed if the database still takes writes, else the next command
-    that opens it finds the process gone and marks it interrupted.
+    `setup()` returns the epochs to train (a sweep's run loads its data here, after
+    claiming; a set-up mistake is recorded as a failed run). Each epoch is committed
+    as it ends. The database failing mid-run (disk full, server gone) ends the run
+    with one line; it is marked failed if the database still takes writes, else the
+    next command that opens it finds the process gone and marks it interrupted. An
+    attempt declared dead by another process stops with RunTakenOver.
     """
     from sqlalchemy.exc import DBAPIError
 
@@ -131,25 +134,27 @@ def record_training(
 
     with Heartbeat(engine, attempt), sigterm_as_interrupt():
         try:
-            for result in epochs:
+            for result in setup():
                 record_epoch(engine, attempt, result)
                 results.append(result)
                 if on_epoch:
                     on_epoch(result)
+            completed = finish_run(engine, attempt, RunStatus.COMPLETED, None)
         except KeyboardInterrupt:
             finish(RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM")
             raise RunInterrupted(attempt.run_id, len(results)) from None
-        except DBAPIError as error:
+        except DBAPIError as error:  # also when every epoch is recorded but not that the run completed
             raise unwritable(error) from None
-        except RunTakenOver as error:
-            raise RunFailed(attempt.run_id, str(error)) from None
+        except RunTakenOver:
+            raise
+        except UserError as error:
+            finish(RunStatus.FAILED, str(error))
+            raise RunFailed(attempt.run_id, shown(str(error))) from None
         except Exception as error:
             finish(RunStatus.FAILED, traceback.format_exc())
             raise RunFailed(attempt.run_id, f"{type(error).__name__}: {shown(error)}") from error
-        try:
-            finish_run(engine, attempt, RunStatus.COMPLETED, None)
-        except DBAPIError as error:  # every epoch is recorded, but not that the run completed: no success
-            raise unwritable(error) from None
+    if not completed:
+        raise RunTakenOver(f"run {attempt.run_id} was declared dead by another process before it could finish")
     return results
 
 
@@ -159,31 +164,26 @@ def run_claimed(
     data_dir: Path | None,
     device: str,
     sweep_id: int,
+    retry_failed: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> int:
     """A sweep's run: claim the key first (so a second sweep does not load data for it),
-    then set up and train. Raises ClaimRefused when the key is taken; any set-up error is
+    then set up and train. Raises ClaimRefused when the key is taken; a set-up error is
     recorded as a failed run (RunFailed)."""
     from tecli.conditions import current_conditions
-    from tecli.db.recording import claim_run, finish_run, set_data_copy
-    from tecli.db.schema import RunStatus
+    from tecli.db.recording import claim_run, set_data_copy
 
-    attempt = claim_run(engine, spec, current_conditions(device), sweep_id=sweep_id)
+    attempt = claim_run(engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed)
     if on_start:
         on_start(attempt.run_id)
-    with sigterm_as_interrupt():
-        try:
-            prepared = prepare(spec, data_dir, device)
-            set_data_copy(engine, attempt, prepared.data.copy)
-        except KeyboardInterrupt:
-            finish_run(engine, attempt, RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM during set-up")
-            raise RunInterrupted(attempt.run_id, 0) from None
-        except Exception as error:
-            message = str(error) if isinstance(error, UserError) else traceback.format_exc()
-            finish_run(engine, attempt, RunStatus.FAILED, message)
-            raise RunFailed(attempt.run_id, shown(str(error) or type(error).__name__)) from None
-    record_training(engine, attempt, prepared.epochs, on_epoch)
+
+    def setup() -> Iterator[EpochResult]:
+        prepared = prepare(spec, data_dir, device)
+        set_data_copy(engine, attempt, prepared.data.copy)
+        return prepared.epochs
+
+    record_training(engine, attempt, setup, on_epoch)
     return attempt.run_id
 
 
@@ -194,10 +194,12 @@ def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, t
     checked before the database is opened, so a mistake leaves no file behind.
     """
     from tecli.conditions import current_conditions
+    from tecli.db.liveness import Lease
     from tecli.db.recording import ClaimRefused, claim_run
     from tecli.db.store import database_url, open_database
 
     database_url(db)
+    Lease.from_env()
     device = configure(device, threads)
     console = Console()
     progress = _progress(console)
@@ -225,7 +227,7 @@ def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, t
         soft_wrap=True,
     )
     with progress:
-        results = record_training(engine, attempt, prepared.epochs, on_epoch)
+        results = record_training(engine, attempt, lambda: prepared.epochs, on_epoch)
     console.print(_summary(spec, results))
     return attempt.run_id
 

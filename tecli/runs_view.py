@@ -16,8 +16,8 @@ from tecli.db.schema import Epoch, Run, Sweep
 MAX_ID = 2**31 - 1  # ids are 32-bit integers; a larger one cannot exist
 RUN_FIELDS = (
     "id", "run_key", "dataset", "data_copy", "variant", "seed", "status", "epochs_planned",
-    "started_at", "finished_at", "heartbeat_at", "host", "pid", "device", "threads",
-    "tecli_version", "torch_version", "torchvision_version", "numba_version", "python_version", "error",
+    "started_at", "finished_at", "heartbeat_at", "host", "pid", "boot_id", "pid_namespace", "lease_seconds",
+    "device", "gpu_name", "threads", "cpu_model", "code_version", "code_commit", "code_dirty", "tecli_version", "torch_version", "torchvision_version", "numba_version", "python_version", "error",
 )  # fmt: skip
 EPOCH_FIELDS = (
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "te_seconds", "te_mean", "te_max",

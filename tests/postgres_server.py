@@ -9,8 +9,9 @@ No pytest in here, so a benchmark script can use it too::
 
 The server runs from Debian's binaries (newest ``/usr/lib/postgresql/*/bin``,
 else ``initdb``/``pg_ctl`` on PATH), in a fresh temporary folder, listening only
-on 127.0.0.1 at a free port, with trust authentication for the ``postgres``
-user. PostgreSQL refuses to run as root, so under root the server runs as the
+on 127.0.0.1 at a free port. The ``postgres`` user logs in over TCP with a
+password (scram-sha-256, as real servers ask), so every URL carries one and the
+tests see that tecli neither loses nor prints it. PostgreSQL refuses to run as root, so under root the server runs as the
 ``postgres`` system user.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 DEBIAN_ROOT = "/usr/lib/postgresql"
 SERVER_USER = "postgres"
+PASSWORD = "tecli-test-secret"
 _TIMEOUT_S = 60
 
 
@@ -160,8 +162,14 @@ class PostgresServer:
                     ) from exc
                 for folder in (self.root, self.socketdir):
                     os.chown(folder, user.pw_uid, user.pw_gid)
+            password_file = self.root / "password"
+            password_file.write_text(PASSWORD + "\n")
+            if self._as_user is not None:
+                os.chown(password_file, user.pw_uid, user.pw_gid)
+            password_file.chmod(0o600)
             self._run(
-                "initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
+                "initdb", "-D", str(self.datadir), "-U", "postgres", "--auth-local=trust",
+                "--auth-host=scram-sha-256", f"--pwfile={password_file}",
                 "--no-sync", "--encoding=UTF8", "--locale=C",
             )
             self._start_on_free_port()
@@ -244,14 +252,15 @@ class PostgresServer:
         """SQLAlchemy URL of ``database`` on this server."""
         if self.port is None:
             raise PostgresServerError("server not started")
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def connect(self, database: str = "postgres"):
         """A psycopg connection in autocommit mode."""
         import psycopg
 
         return psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname=database, autocommit=True, connect_timeout=10
+            host="127.0.0.1", port=self.port, user="postgres", password=PASSWORD, dbname=database,
+            autocommit=True, connect_timeout=10,
         )
 
     def create_database(self, name: str) -> str:

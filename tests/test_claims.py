@@ -48,7 +48,9 @@ def test_interrupted_failed_and_dead_holders_give_way(db_url):
     finish_run(engine, interrupted, RunStatus.INTERRUPTED)
     failed = claim_run(engine, SPEC, TEST_CONDITIONS)
     finish_run(engine, failed, RunStatus.FAILED)
-    dead = claim_run(engine, SPEC, TEST_CONDITIONS)
+    with pytest.raises(ClaimRefused, match="is failed"):
+        claim_run(engine, SPEC, TEST_CONDITIONS)  # a sweep without --retry-failed
+    dead = claim_run(engine, SPEC, TEST_CONDITIONS, retry_failed=True)
     with Session(engine) as session, session.begin():  # its machine went silent a lease ago
         session.execute(
             update(Run)

@@ -13,7 +13,7 @@ paired seeds 0, 1, 3: epochs 2, 3, 1 vs 1, 2, 2 -> speedup 2 / (5/3) = 1.2;
 epoch time ratio 1.5; TE share 0.2.
 mnist: three te runs (one recorded by `tecli run`, outside the sweep) and no baseline.
 One failed and one interrupted usps run (seeds outside the sweep's grid) are not counted.
-Every run is measured under TEST_CONDITIONS (cpu, 1 thread, "test cpu", "git:test") unless a test says otherwise.
+Every run is measured under TEST_CONDITIONS (cpu, 1 thread, "test cpu", "src:test") unless a test says otherwise.
 """
 
 import base64
@@ -60,9 +60,10 @@ te = true
 """
 
 
-def fill(tmp_path, conditions=lambda te, seed: TEST_CONDITIONS):
-    """The database described above; `conditions(te, seed)` gives each usps run's conditions."""
-    path = str(tmp_path / "report.db")
+def fill(tmp_path, conditions=lambda te, seed: TEST_CONDITIONS, path=None):
+    """The database described above (at `path`, else a new SQLite file); `conditions(te, seed)`
+    gives each usps run's conditions."""
+    path = path or str(tmp_path / "report.db")
     engine = open_database(path)
     sweep_id = register(engine, parse_sweep(SWEEP, tmp_path / "s.toml"))
 
@@ -83,8 +84,9 @@ def fill(tmp_path, conditions=lambda te, seed: TEST_CONDITIONS):
 
 
 @pytest.fixture
-def db(tmp_path):
-    return fill(tmp_path)
+def db(tmp_path, db_url):
+    """The database above, on SQLite and on the PostgreSQL server: every test using it runs on both."""
+    return fill(tmp_path, path=db_url)
 
 
 def report(db, *args):
@@ -119,10 +121,10 @@ def test_json_numbers_equal_hand_computed_values(db):
     # One set of conditions everywhere: nothing differs, every run carries its conditions.
     assert all(g["mixed_conditions"] == "" for g in data["groups"]) and data["compare_mixed_conditions"] is False
     assert (te["device"], te["gpu_name"], te["threads"], te["cpu_model"], te["code_version"]) == (
-        "cpu", "none", "1", "test cpu", "git:test"
+        "cpu", "none", "1", "test cpu", "src:test"
     )
     assert all(
-        (r["device"], r["gpu_name"], r["threads"], r["cpu_model"], r["code_version"]) == ("cpu", None, 1, "test cpu", "git:test")
+        (r["device"], r["gpu_name"], r["threads"], r["cpu_model"], r["code_version"]) == ("cpu", None, 1, "test cpu", "src:test")
         for r in data["runs"]
     )
 
@@ -167,7 +169,7 @@ def test_csv_parses_back_to_the_same_numbers(db):
             expected = groups[key][column]
             assert (row[column] == "" and expected is None) or float(row[column]) == pytest.approx(expected, rel=1e-12)
     assert (te["device"], te["threads"], te["cpu_model"], te["code_version"], te["mixed_conditions"]) == (
-        "cpu", "1", "test cpu", "git:test", ""
+        "cpu", "1", "test cpu", "src:test", ""
     )
 
 
@@ -218,7 +220,7 @@ EXPECTED_MARKDOWN = """\
 # tecli report
 
 Targets: usps 0.9 test_acc. Baseline variant: baseline.
-Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version git:test (8 runs).
+Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version src:test (8 runs).
 Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p. Seconds (to target, epoch time, speedup) are compared only between runs measured under the same conditions (device and GPU, threads, CPU model, code version); where these differ they show as - and the statement names the difference.
 
 ## Per data set and variant
@@ -236,14 +238,14 @@ Epochs and seconds to target: mean ± std (median) over the runs that reached th
 
 | run | data set | variant | seed | epochs | epochs to target | seconds to target | final test acc | best test acc | mean epoch s | TE share | device | threads | code |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-| 1 | usps | baseline | 0 | 3/3 | 2 | 2.0 | 0.9500 | 0.9500 | 1.00 | 0.0% | cpu | 1 | git:test |
-| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% | cpu | 1 | git:test |
-| 5 | usps | baseline | 2 | 3/3 | not reached | - | 0.8500 | 0.8500 | 1.00 | 0.0% | cpu | 1 | git:test |
-| 7 | usps | baseline | 3 | 3/3 | 1 | 1.0 | 0.9400 | 0.9400 | 1.00 | 0.0% | cpu | 1 | git:test |
-| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 1 | git:test |
-| 4 | usps | te | 1 | 3/3 | 2 | 3.0 | 0.9300 | 0.9300 | 1.50 | 20.0% | cpu | 1 | git:test |
-| 6 | usps | te | 2 | 3/3 | 2 | 3.0 | 0.9100 | 0.9100 | 1.50 | 20.0% | cpu | 1 | git:test |
-| 8 | usps | te | 3 | 3/3 | 2 | 3.0 | 0.9600 | 0.9600 | 1.50 | 20.0% | cpu | 1 | git:test |
+| 1 | usps | baseline | 0 | 3/3 | 2 | 2.0 | 0.9500 | 0.9500 | 1.00 | 0.0% | cpu | 1 | src:test |
+| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% | cpu | 1 | src:test |
+| 5 | usps | baseline | 2 | 3/3 | not reached | - | 0.8500 | 0.8500 | 1.00 | 0.0% | cpu | 1 | src:test |
+| 7 | usps | baseline | 3 | 3/3 | 1 | 1.0 | 0.9400 | 0.9400 | 1.00 | 0.0% | cpu | 1 | src:test |
+| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 1 | src:test |
+| 4 | usps | te | 1 | 3/3 | 2 | 3.0 | 0.9300 | 0.9300 | 1.50 | 20.0% | cpu | 1 | src:test |
+| 6 | usps | te | 2 | 3/3 | 2 | 3.0 | 0.9100 | 0.9100 | 1.50 | 20.0% | cpu | 1 | src:test |
+| 8 | usps | te | 3 | 3/3 | 2 | 3.0 | 0.9600 | 0.9600 | 1.50 | 20.0% | cpu | 1 | src:test |
 
 Not counted (not completed, or an older completed run of the same key): 1 failed, 1 interrupted.
 """.replace("P_EPOCHS", f"{wilcoxon([2, 3, 1], [1, 2, 2]).pvalue:.3f}").replace(
@@ -316,10 +318,10 @@ def test_baseline_and_te_on_different_threads_compare_epochs_only(tmp_path):
         in markdown
     )
     assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) |" in markdown
-    assert "| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 2 | git:test |" in markdown
+    assert "| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 2 | src:test |" in markdown
     assert (
-        "Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version git:test (4 runs); "
-        "device cpu, threads 2, cpu_model test cpu, code_version git:test (4 runs)." in markdown
+        "Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version src:test (4 runs); "
+        "device cpu, threads 2, cpu_model test cpu, code_version src:test (4 runs)." in markdown
     )
     table = report(db, "--dataset", "usps")
     assert "Seconds are not compared: runs differ in threads (1, 2)" in table and "nan" not in table
@@ -343,20 +345,20 @@ def test_mixed_conditions_flag_compares_seconds_and_still_names_the_difference(t
 
 
 def test_one_run_on_other_code_makes_its_group_epochs_only(tmp_path):
-    other = dataclasses.replace(TEST_CONDITIONS, code_version="git:0ther")
+    other = dataclasses.replace(TEST_CONDITIONS, code_version="src:0ther")
     db = fill(tmp_path, lambda te, seed: other if te and seed == 3 else TEST_CONDITIONS)
     groups = groups_of(json.loads(report(db, "--format", "json")))
     te = groups["usps", "te"]
-    assert te["mixed_conditions"] == "code_version (git:0ther, git:test)" and te["code_version"] == "git:0ther, git:test"
+    assert te["mixed_conditions"] == "code_version (src:0ther, src:test)" and te["code_version"] == "src:0ther, src:test"
     assert all(te[column] is None for column in SECONDS)
     assert_usps_te_numbers_as_before(te)
     assert groups["usps", "baseline"]["seconds_mean"] == 2.0
     statements = json.loads(report(db, "--format", "json"))["statements"]
-    assert statements[1].endswith("Seconds are not compared: runs differ in code_version (git:0ther, git:test); " + NOT_COMPARED)
+    assert statements[1].endswith("Seconds are not compared: runs differ in code_version (src:0ther, src:test); " + NOT_COMPARED)
     assert "in seconds" not in statements[1] and "an epoch costs" not in statements[1]
     mixed = json.loads(report(db, "--format", "json", "--mixed-conditions"))
     assert_usps_te_seconds_as_before(groups_of(mixed)["usps", "te"])
-    assert "Seconds compare runs that differ in code_version (git:0ther, git:test) (--mixed-conditions)" in mixed["statements"][1]
+    assert "Seconds compare runs that differ in code_version (src:0ther, src:test) (--mixed-conditions)" in mixed["statements"][1]
 
 
 def test_an_old_row_without_conditions_in_the_baseline(tmp_path):
@@ -366,12 +368,12 @@ def test_an_old_row_without_conditions_in_the_baseline(tmp_path):
     data = json.loads(report(db, "--format", "json"))
     groups = groups_of(data)
     base, te = groups["usps", "baseline"], groups["usps", "te"]
-    differ = "threads (1, unknown); cpu_model (test cpu, unknown); code_version (git:test, unknown)"
+    differ = "threads (1, unknown); cpu_model (test cpu, unknown); code_version (src:test, unknown)"
     assert base["mixed_conditions"] == differ and te["mixed_conditions"] == differ
     assert all(base[column] is None and te[column] is None for column in SECONDS)
     assert (base["epochs_mean"], base["epochs_std"]) == (2.0, 1.0)
     assert_usps_te_numbers_as_before(te)
-    named = "threads (1, unknown), cpu_model (test cpu, unknown) and code_version (git:test, unknown)"
+    named = "threads (1, unknown), cpu_model (test cpu, unknown) and code_version (src:test, unknown)"
     assert data["statements"][1:] == [
         f"usps/baseline: Seconds are not compared: runs differ in {named}; " + NOT_COMPARED,
         data["statements"][2],

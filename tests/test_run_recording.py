@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -43,6 +44,13 @@ def test_run_then_runs_and_runs_show(tmp_path):
     assert table.exit_code == 0 and "completed" in table.output
     detail = invoke("runs", "show", "1", "--db", db)
     assert detail.exit_code == 0 and "scikit-learn load_digits" in detail.output
+    from tecli.conditions import code_version, cpu_model
+
+    with Session(create_db_engine(db)) as session:
+        run = session.get(Run, 1)
+        assert (run.device, run.gpu_name, run.cpu_model, run.code_version) == ("cpu", None, cpu_model(), code_version())
+        assert run.threads == torch.get_num_threads() and run.threads >= 1  # as used, also without --threads
+        assert run.code_version.startswith("src:") and len(run.code_commit or "x" * 40) == 40
 
 
 @pytest.mark.parametrize(
@@ -65,15 +73,14 @@ def test_runs_mistakes(tmp_path, args, message):
 
 @pytest.mark.parametrize(
     "args",
-    [["runs"], ["runs", "show", "1"], ["report"], ["report", "--format", "json"], ["db", "current"]],
+    [["runs"], ["runs", "show", "1"], ["report"], ["report", "--format", "json"], ["db", "current"], ["runs", "in-a-missing-folder"]],
 )
 def test_reading_commands_never_create_a_database(tmp_path, args):
-    db = tmp_path / "never.db"
+    db = tmp_path / "missing" / "never.db" if args[-1] == "in-a-missing-folder" else tmp_path / "never.db"
+    args = args[:1] if args[-1] == "in-a-missing-folder" else args
     result = invoke(*args, "--db", str(db))
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == f"error: no database at {db}; check --db or TECLI_DB" + (
-        "" if args[0] == "db" else " (tecli run or tecli sweep creates it)"
-    )
+    assert result.output.strip() == f"error: no database at {db}; check --db or TECLI_DB (tecli run or tecli sweep creates it)"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,8 +3,10 @@ past schemas upgraded with their data, recording, many writers, location rules."
 
 import multiprocessing
 import os
+import re
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import psycopg
@@ -110,7 +112,7 @@ def test_run_lifecycle_round_trip(db_url):
         assert run.finished_at >= run.started_at
         assert run.pid == os.getpid() and run.host == socket.gethostname() and run.owner == attempt.owner
         assert (run.device, run.threads, run.cpu_model, run.code_version, run.code_dirty) == (
-            "cpu", 1, "test cpu", "git:test", False
+            "cpu", 1, "test cpu", "src:test", False
         )
         assert run.boot_id and run.pid_namespace.startswith("pid:") and run.pid_started > 0
         assert run.torch_version and run.numba_version and run.python_version
@@ -167,7 +169,6 @@ def test_db_location_rules(tmp_path, monkeypatch):
         (lambda tmp: tmp / "missing" / "t.db", "does not exist"),
         (lambda tmp: tmp, "is a folder"),
         (lambda tmp: "nosuchdialect://host/db", "not a usable SQLAlchemy URL"),
-        (lambda tmp: "postgresql://user@host:notaport/db", "not a usable SQLAlchemy URL"),
     ],
 )
 def test_bad_db_is_a_user_error(tmp_path, make_db, message):
@@ -185,16 +186,29 @@ def test_a_read_only_folder_is_a_user_error_and_stays_empty(tmp_path):
 
 
 def test_postgresql_without_its_driver_names_the_install_command(monkeypatch):
-    import importlib.util
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    for url in ("postgresql+psycopg://u:secret@127.0.0.1/x", "postgresql://u:secret@127.0.0.1/x"):
+        with pytest.raises(UserError) as error:
+            database_url(url)
+        assert str(error.value) == (
+            "--db postgresql+psycopg://u:***@127.0.0.1/x needs the psycopg driver, which is not installed: "
+            'python -m pip install "tecli[postgres]"'
+        ).replace("postgresql+psycopg", url.split("://")[0])
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
-    with pytest.raises(UserError) as error:
-        database_url("postgresql+psycopg://u@127.0.0.1/x")
-    assert str(error.value) == (
-        "--db postgresql+psycopg://u@127.0.0.1/x needs the psycopg driver, which is not installed: "
-        'python -m pip install "tecli[postgres]"'
-    )
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgresql+psycopg2://u:secret@h/x", "needs the psycopg2 driver, which is not installed; install it, or use postgresql+psycopg://"),
+        ("postgresql+asyncpg://u:secret@h/x", "names an asyncio driver"),
+        ("postgres://u:secret@h:notaport/x", "is not a usable SQLAlchemy URL"),
+        ("postgresql+nosuch://u:secret@h/x", "is not a usable SQLAlchemy URL"),
+    ],
+)
+def test_other_drivers_and_bad_urls_are_one_line_without_the_password(url, message):
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        database_url(url)
+    assert "secret" not in str(error.value) and "u:***@" in str(error.value)
 
 
 def test_an_unreachable_server_is_one_line(tmp_path):

@@ -13,6 +13,7 @@ so machines sharing a database need clocks within a small part of the lease (NTP
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
+
+from tecli.errors import UserError, shown
 
 HEARTBEAT_SECONDS = 30.0
 LEASE_SECONDS = 300.0
@@ -34,10 +37,22 @@ class Lease:
 
     @classmethod
     def from_env(cls) -> "Lease":
-        beat = float(os.environ.get("TECLI_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
-        lease = float(os.environ.get("TECLI_LEASE_SECONDS", LEASE_SECONDS))
-        if not (0 < beat < lease):
-            raise ValueError(f"need 0 < TECLI_HEARTBEAT_SECONDS ({beat}) < TECLI_LEASE_SECONDS ({lease})")
+        """The settings, checked: finite, and a lease of at least three heartbeats."""
+        values = {}
+        for name, default in (("TECLI_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS), ("TECLI_LEASE_SECONDS", LEASE_SECONDS)):
+            text = os.environ.get(name)
+            try:
+                values[name] = float(text) if text is not None else default
+            except ValueError:
+                values[name] = math.nan
+            if not (math.isfinite(values[name]) and values[name] > 0):
+                raise UserError(f"{name} must be a positive number of seconds, got {shown(text)!r}")
+        beat, lease = values["TECLI_HEARTBEAT_SECONDS"], values["TECLI_LEASE_SECONDS"]
+        if lease < 3 * beat:
+            raise UserError(
+                f"TECLI_LEASE_SECONDS ({lease:g}) must be at least 3 x TECLI_HEARTBEAT_SECONDS ({beat:g}), "
+                "or a live run could be taken for dead between two heartbeats"
+            )
         return cls(beat, lease)
 
 

@@ -54,12 +54,25 @@ def upgrade(engine: Engine) -> None:
             with connection.begin():
                 if connection.dialect.name == "postgresql":
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
+                broken_before = _broken_references(connection)
                 command.upgrade(_config(connection), "head")
-                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                    raise RuntimeError("schema upgrade left rows whose references are broken; rolled back")
+                broken = _broken_references(connection) - broken_before
+                if broken:
+                    raise UpgradeBrokeReferences(f"the schema upgrade would break references in {', '.join(sorted(broken))}")
         finally:
             if sqlite:
                 connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
+
+
+class UpgradeBrokeReferences(Exception):
+    """Rows would lose what they refer to; the upgrade was rolled back."""
+
+
+def _broken_references(connection) -> set[str]:
+    """SQLite only: (table, row) pairs whose foreign keys point nowhere, as "table row N" strings."""
+    if connection.dialect.name != "sqlite":
+        return set()
+    return {f"{table} row {rowid}" for table, rowid, *_ in connection.exec_driver_sql("PRAGMA foreign_key_check")}
 
 
 def history() -> list[tuple[str, str | None, str]]:

@@ -8,9 +8,10 @@ key rejects a second insert, and taking over a key from a finished attempt is a
 compare-and-set on the claim row. A sweep also refuses a key that has a completed
 run; `tecli run` may train a completed key again (a new attempt, history kept).
 
-Every later write of the attempt is fenced by its owner token: if another process
-has declared the owner dead and taken the key over, the old owner's next epoch
-fails with RunTakenOver instead of writing beside the new one.
+Every later write of the attempt is fenced: it must still be `running` and still
+carry its owner token. If another process has declared the owner dead (and may
+have taken the key over), the old owner's next write fails with RunTakenOver
+instead of writing beside the new one.
 
 A run that dies without saying so (kill -9, power loss) stays `running` until a
 tecli command opening the database finds it dead (tecli.db.liveness) and marks it
@@ -26,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -94,6 +95,7 @@ def _new_run(spec: RunSpec, conditions: Conditions, owner: Owner, lease: Lease, 
         threads=conditions.threads,
         cpu_model=conditions.cpu_model,
         code_version=conditions.code_version,
+        code_commit=conditions.code_commit,
         code_dirty=conditions.code_dirty,
         tecli_version=__version__,
         torch_version=_package_version("torch"),
@@ -101,6 +103,14 @@ def _new_run(spec: RunSpec, conditions: Conditions, owner: Owner, lease: Lease, 
         numba_version=_package_version("numba"),
         python_version=platform.python_version(),
     )
+
+
+def _now(session: Session):
+    """The time heartbeats are written and judged in: the server's clock on PostgreSQL, so
+    machines with drifting clocks agree; this machine's on SQLite (one machine's file)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(select(func.timezone("UTC", func.now())))
+    return utcnow()
 
 
 class _Lost(Exception):
@@ -115,11 +125,15 @@ def claim_run(
     sweep_id: int | None = None,
     data_copy: str | None = None,
     rerun_completed: bool = False,
+    retry_failed: bool = False,
     lease: Lease | None = None,
 ) -> Attempt:
     """Create a `running` attempt of `spec` holding its run key, or raise ClaimRefused.
 
-    A holder that is `running` but dead (liveness) is marked interrupted first.
+    Refused: a key held by a live running attempt; unless rerun_completed (`tecli run`),
+    a key with a completed attempt, and, unless retry_failed, a key whose newest attempt
+    failed (a sweep's resume rules, see tecli.sweep.plan). A holder that is `running`
+    but dead (liveness) is marked interrupted first.
     """
     key = spec.run_key()
     owner = current_owner()
@@ -127,13 +141,15 @@ def claim_run(
     for _ in range(CLAIM_TRIES):
         try:
             with Session(engine) as session, session.begin():
+                now = _now(session)
                 holder = session.execute(
                     select(Run).join(Claim, Claim.run_id == Run.id).where(Claim.run_key == key)
                 ).scalar_one_or_none()
                 if holder is not None and holder.status == RunStatus.RUNNING:
-                    if not is_dead(holder, owner, utcnow()):
+                    if not is_dead(holder, owner, now) or not _mark_interrupted(session, holder.id, holder.heartbeat_at):
                         raise ClaimRefused(key, holder.id, holder.status, holder.host)
-                    _mark_interrupted(session, [holder.id])
+                if holder is not None and holder.status == RunStatus.FAILED and not (retry_failed or rerun_completed):
+                    raise ClaimRefused(key, holder.id, holder.status, holder.host)
                 if not rerun_completed:
                     done = session.scalar(
                         select(Run.id).where(Run.run_key == key, Run.status == RunStatus.COMPLETED).limit(1)
@@ -141,6 +157,7 @@ def claim_run(
                     if done is not None:
                         raise ClaimRefused(key, done, RunStatus.COMPLETED, "")
                 run = _new_run(spec, conditions, owner, lease, sweep_id, data_copy)
+                run.started_at = run.heartbeat_at = now
                 session.add(run)
                 session.flush()
                 if holder is None:
@@ -150,7 +167,7 @@ def claim_run(
                     moved = session.execute(
                         update(Claim)
                         .where(Claim.run_key == key, Claim.run_id == holder.id)
-                        .values(run_id=run.id, claimed_at=utcnow())
+                        .values(run_id=run.id, claimed_at=now)
                     ).rowcount
                     if moved != 1:
                         raise _Lost
@@ -175,7 +192,7 @@ def _fenced(session: Session, attempt: Attempt, **values) -> None:
 def set_data_copy(engine: Engine, attempt: Attempt, data_copy: str) -> None:
     """Record which copy of the data the run read (a sweep claims before loading data)."""
     with Session(engine) as session, session.begin():
-        _fenced(session, attempt, data_copy=data_copy, heartbeat_at=utcnow())
+        _fenced(session, attempt, data_copy=data_copy, heartbeat_at=_now(session))
 
 
 def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult) -> None:
@@ -185,15 +202,16 @@ def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult) -> None:
     every backend, as SQLite would store it anyway."""
     values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(result).items()}
     with Session(engine) as session, session.begin():
-        _fenced(session, attempt, heartbeat_at=utcnow())
+        _fenced(session, attempt, heartbeat_at=_now(session))
         session.add(Epoch(run_id=attempt.run_id, **values))
 
 
 def finish_run(engine: Engine, attempt: Attempt, status: RunStatus, error: str | None = None) -> bool:
     """Set the final status if the attempt still holds its run; False when it no longer did."""
     with Session(engine) as session, session.begin():
+        now = _now(session)
         changed = session.execute(
-            update(Run).where(_owned(attempt)).values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow())
+            update(Run).where(_owned(attempt)).values(status=status, error=error, finished_at=now, heartbeat_at=now)
         ).rowcount
     return changed == 1
 
@@ -217,13 +235,17 @@ class Heartbeat:
         self._attempt = attempt
         self._interval = interval or Lease.from_env().heartbeat_seconds
         self._stop = threading.Event()
+        self.lost = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{attempt.run_id}", daemon=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
                 with Session(self._engine) as session, session.begin():
-                    session.execute(update(Run).where(_owned(self._attempt)).values(heartbeat_at=utcnow()))
+                    beat = update(Run).where(_owned(self._attempt)).values(heartbeat_at=_now(session))
+                    if session.execute(beat).rowcount == 0:
+                        self.lost.set()  # declared dead and taken over: record_epoch will refuse
+                        return
             except SQLAlchemyError:
                 pass  # a busy or unreachable database must not end the beat; the next one tries again
 
@@ -236,30 +258,31 @@ class Heartbeat:
         self._thread.join()
 
 
-def _mark_interrupted(session: Session, run_ids: list[int]) -> None:
-    session.execute(
-        update(Run)
-        .where(Run.id.in_(run_ids), Run.status == RunStatus.RUNNING)
-        .values(status=RunStatus.INTERRUPTED, finished_at=utcnow(), error=DEAD_MESSAGE)
+def _mark_interrupted(session: Session, run_id: int, heartbeat_at) -> bool:
+    """Compare-and-set: interrupted only if still running with the heartbeat that was judged."""
+    return bool(
+        session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at == heartbeat_at)
+            .values(status=RunStatus.INTERRUPTED, finished_at=_now(session), error=DEAD_MESSAGE)
+        ).rowcount
     )
 
 
 def mark_dead_runs(engine: Engine) -> list[int]:
-    """Mark `running` runs whose owner is dead (tecli.db.liveness) as interrupted; returns their ids."""
+    """Mark `running` runs whose owner is dead (tecli.db.liveness) as interrupted; returns their ids.
+
+    A run that beat between the look and the write keeps running (compare-and-set on its heartbeat)."""
     me = current_owner()
-    now = utcnow()
-    with Session(engine) as session:
+    with Session(engine) as session, session.begin():
+        now = _now(session)
         running = session.execute(
             select(
                 Run.id, Run.host, Run.boot_id, Run.pid_namespace, Run.pid, Run.pid_started,
                 Run.heartbeat_at, Run.lease_seconds,
             ).where(Run.status == RunStatus.RUNNING)
         ).all()  # fmt: skip
-    dead = [run.id for run in running if is_dead(run, me, now)]
-    if dead:
-        with Session(engine) as session, session.begin():
-            _mark_interrupted(session, dead)
-    return dead
+        return [run.id for run in running if is_dead(run, me, now) and _mark_interrupted(session, run.id, run.heartbeat_at)]
 
 
 def key_taken(engine: Engine, key: str) -> bool:

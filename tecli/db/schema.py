@@ -92,7 +92,8 @@ class Run(Base):
     gpu_name: Mapped[str | None] = mapped_column(String(200))
     threads: Mapped[int | None] = mapped_column(Integer)  # torch's CPU threads, as used
     cpu_model: Mapped[str | None] = mapped_column(String(200))
-    code_version: Mapped[str | None] = mapped_column(String(100))  # git:<sha>[+dirty:<src hash>] or pkg:<ver>+src:<hash>
+    code_version: Mapped[str | None] = mapped_column(String(100))  # src:<hash of tecli's sources> (tecli.conditions)
+    code_commit: Mapped[str | None] = mapped_column(String(64))  # git commit, when run from a checkout
     code_dirty: Mapped[bool | None] = mapped_column(Boolean)  # uncommitted changes in tecli/; None outside a checkout
     tecli_version: Mapped[str] = mapped_column(String(32))
     torch_version: Mapped[str] = mapped_column(String(32))

@@ -2,7 +2,7 @@
 
 The location is `--db`, else TECLI_DB, else `tecli.db` in the working folder; a
 plain path means an SQLite file, anything with `://` is an SQLAlchemy URL (for
-example postgresql+psycopg://user@host/db). A database is created, or upgraded to
+example postgresql+psycopg://user@host/db; plain postgresql:// means psycopg too). A database is created, or upgraded to
 the newest schema, the first time a writing command opens it; reading commands
 (`runs`, `report`) open only a database that exists.
 
@@ -14,8 +14,8 @@ PostgreSQL needs nothing special: its row locks and unique keys do the work.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -33,15 +33,20 @@ DEFAULT_DB = "tecli.db"
 # Knowing it here lets an up-to-date database open without importing Alembic.
 SCHEMA_HEAD = "0002"
 BUSY_TIMEOUT_MS = 30_000
-# Drivers tecli knows how to install: dialect+driver -> (module, install command).
-DRIVERS = {
-    "postgresql+psycopg": ("psycopg", 'python -m pip install "tecli[postgres]"'),
-    "postgresql": ("psycopg2", 'python -m pip install "tecli[postgres]" and use postgresql+psycopg://'),
-}
+POSTGRES_INSTALL = 'python -m pip install "tecli[postgres]"'
 
 
-def database_url(db: str | os.PathLike | None = None) -> URL:
-    """The SQLAlchemy URL for --db / TECLI_DB / ./tecli.db, checked without connecting or creating anything."""
+def redacted(value: str) -> str:
+    """A database URL as a user's value for messages: its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", value)
+
+
+def database_url(db: str | os.PathLike | URL | None = None, must_exist: bool = False) -> URL:
+    """The SQLAlchemy URL for --db / TECLI_DB / ./tecli.db, checked without connecting or creating anything.
+
+    must_exist (reading commands): an SQLite file that is not there is "no database at PATH"."""
+    if isinstance(db, URL):
+        return db
     value = str(db) if db else os.environ.get("TECLI_DB") or DEFAULT_DB
     url = _server_url(value) if "://" in value else make_url("sqlite://").set(database=value)
     if url.get_backend_name() != "sqlite":
@@ -50,6 +55,8 @@ def database_url(db: str | os.PathLike | None = None) -> URL:
         raise UserError(f"--db {shown(value)} is an in-memory database, which keeps nothing; pass a file path")
     try:
         path = Path(url.database).expanduser().absolute()
+        if must_exist and not path.exists():
+            raise UserError(f"no database at {shown(path)}; check --db or TECLI_DB (tecli run or tecli sweep creates it)")
         if path.is_dir():
             raise UserError(f"--db {shown(value)} is a folder; pass a database file path such as {shown(path / DEFAULT_DB)}")
         if not path.parent.is_dir():
@@ -60,19 +67,30 @@ def database_url(db: str | os.PathLike | None = None) -> URL:
 
 
 def _server_url(value: str) -> URL:
+    where = shown(redacted(value))
     try:
         url = make_url(value)
     except (ArgumentError, ValueError) as error:
-        raise UserError(f"--db {shown(value)} is not a usable SQLAlchemy URL ({error}); pass a file path or a URL such as sqlite:///tecli.db") from None
-    driver = f"{url.get_backend_name()}+{url.get_driver_name()}" if "+" in url.drivername else url.drivername
-    if driver in DRIVERS:
-        module, install = DRIVERS[driver]
-        if importlib.util.find_spec(module) is None:
-            raise UserError(f"--db {url.render_as_string(hide_password=True)} needs the {module} driver, which is not installed: {install}")
+        raise UserError(f"--db {where} is not a usable SQLAlchemy URL ({redacted(str(error))}); pass a file path or a URL such as sqlite:///tecli.db") from None
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")  # tecli's PostgreSQL driver unless another is named
     try:
-        url.get_dialect()
+        dialect = url.get_dialect()
     except (NoSuchModuleError, ImportError) as error:
-        raise UserError(f"--db {shown(value)} is not a usable SQLAlchemy URL ({error}); use a file path, sqlite:/// or postgresql+psycopg://") from None
+        raise UserError(f"--db {where} is not a usable SQLAlchemy URL ({error}); use a file path, sqlite:/// or postgresql+psycopg://") from None
+    if getattr(dialect, "is_async", False):
+        raise UserError(f"--db {where} names an asyncio driver; tecli needs a synchronous one such as postgresql+psycopg://")
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        driver = error.name or url.drivername
+        if url.drivername == "postgresql+psycopg":
+            hint = f": {POSTGRES_INSTALL}"
+        elif url.get_backend_name() == "postgresql":
+            hint = f"; install it, or use postgresql+psycopg:// after {POSTGRES_INSTALL}"
+        else:
+            hint = ""
+        raise UserError(f"--db {where} needs the {driver} driver, which is not installed{hint}") from None
     return url
 
 
@@ -122,7 +140,7 @@ def create_db_engine(db: str | os.PathLike | URL | None = None) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def open_database(db: str | os.PathLike | None = None, create: bool = True) -> Engine:
+def open_database(db: str | os.PathLike | URL | None = None, create: bool = True) -> Engine:
     """Engine for the database, upgraded to the newest schema, with dead runs marked interrupted.
 
     create=False (reading commands) refuses a database that does not exist yet, rather
@@ -131,10 +149,8 @@ def open_database(db: str | os.PathLike | None = None, create: bool = True) -> E
     """
     from tecli.db.recording import mark_dead_runs
 
-    url = database_url(db)
+    url = database_url(db, must_exist=not create)
     sqlite = url.get_backend_name() == "sqlite"  # database_url has checked its path
-    if sqlite and not create and not Path(url.database).exists():
-        raise UserError(f"no database at {url.database}; check --db or TECLI_DB (tecli run or tecli sweep creates it)")
     if sqlite and not writable_folder(Path(url.database).parent):
         raise UserError(f"cannot write the database {url.database}: its folder is not writable; pass another --db or set TECLI_DB")
     engine = create_db_engine(url)
@@ -149,6 +165,8 @@ def open_database(db: str | os.PathLike | None = None, create: bool = True) -> E
 
             try:
                 migrate.upgrade(engine)
+            except migrate.UpgradeBrokeReferences as error:
+                raise UserError(f"cannot upgrade the database {describe(url)}: {error}; nothing was changed") from None
             except CommandError as error:
                 raise UserError(f"cannot upgrade the database {describe(url)}: {error}; is it from a newer tecli?") from None
         mark_dead_runs(engine)

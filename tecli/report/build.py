@@ -92,8 +92,8 @@ def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
         query = query.where(Run.run_key.in_(keys))
     if dataset is not None:
         query = query.where(Run.dataset == dataset)
-    with engine.connect() as connection:
-        runs = _frame(connection.execute(query))
+    with engine.connect() as connection:  # ordered: a server returns rows in no particular order
+        runs = _frame(connection.execute(query.order_by(Run.id)))
         if runs.empty:
             return runs, pd.DataFrame()
         _conditions_as_values(runs)
@@ -103,6 +103,7 @@ def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
                 select(Epoch.run_id, Epoch.epoch, Epoch.train_acc, Epoch.test_acc, Epoch.seconds, Epoch.te_seconds)
                 .join(Run, Run.id == Epoch.run_id)
                 .where(Run.status == RunStatus.COMPLETED)
+                .order_by(Epoch.run_id, Epoch.epoch)
             )
         )
     return runs.assign(counted=runs.run_id.isin(counted.run_id)), epochs[epochs.run_id.isin(counted.run_id)]

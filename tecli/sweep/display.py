@@ -77,6 +77,6 @@ class SweepProgress:
         line = (
             f"sweep: {counts['completed']} completed, {counts['failed']} failed, "
             f"{counts['interrupted']} interrupted, {not_started} not started, {skipped} skipped"
-            + (f", {counts['skipped']} claimed by another sweep" if counts["skipped"] else "")
+            + (f", {counts['skipped']} claimed elsewhere" if counts["skipped"] else "")
         )
         return line, counts

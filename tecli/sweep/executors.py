@@ -12,6 +12,7 @@ import ctypes
 import multiprocessing
 import os
 import queue
+import random
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Task:
     data_dir: Path | None
     device: str
     threads: int
+    retry_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ class LocalProcesses:
     def run(self, tasks: Sequence[Task], report: Callable[[Event], None]) -> None:
         context = multiprocessing.get_context("spawn")
         events = context.Queue()
-        waiting = list(tasks)
+        # A random order: sweeps sharing a grid then rarely start the same run at once
+        # (the loser of a claim has paid a worker's start-up for nothing).
+        waiting = random.Random().sample(list(tasks), len(tasks))
         running: dict[int, multiprocessing.Process] = {}
         finished: set[int] = set()
         run_ids: dict[int, int] = {}
@@ -107,14 +111,15 @@ class LocalProcesses:
             from tecli.db.recording import key_taken
             from tecli.db.store import create_db_engine
 
-            engine = engines.setdefault(task.db_url, create_db_engine(task.db_url))
-            return key_taken(engine, task.spec.run_key())
+            if task.db_url not in engines:
+                engines[task.db_url] = create_db_engine(task.db_url)
+            return key_taken(engines[task.db_url], task.spec.run_key())
         try:
             while waiting or running:
                 while waiting and len(running) < self.workers:
                     task = waiting.pop(0)
                     if taken(task):
-                        report(Event(task.index, "finished", status="skipped", message="claimed by another process"))
+                        report(Event(task.index, "finished", status="skipped", message="claimed elsewhere"))
                         continue
                     process = context.Process(target=_worker, args=(task, events, os.getpid()), daemon=False)
                     # Started with Ctrl-C ignored, so a worker still importing never prints a traceback.
@@ -131,13 +136,15 @@ class LocalProcesses:
                         if index not in finished:
                             died(by_index[index], process.exitcode)
                         del running[index]
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM, or the database failing in this process
             for process in running.values():
                 if process.exitcode is None:
                     process.terminate()  # SIGTERM: the run records itself as interrupted
             while any(process.exitcode is None for process in running.values()):
-                drain(0.2)  # keep reading while they stop: a full pipe would block them
-            drain(0.5)
+                try:
+                    drain(0.2)  # keep reading while they stop: a full pipe would block them
+                except Exception:
+                    pass  # reporting may fail with the database; stopping the workers must not
             raise
 
 
@@ -155,31 +162,47 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker(task: Task, events, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates Ctrl-C
     _die_with_parent(parent_pid)
-    from tecli.db.recording import ClaimRefused
-    from tecli.db.store import create_db_engine
-    from tecli.runner import RunFailed, RunInterrupted, configure, run_claimed
+    from sqlalchemy.exc import DBAPIError
+
+    from tecli.db.recording import ClaimRefused, RunTakenOver
+    from tecli.db.store import create_db_engine, describe, first_line
+    from tecli.runner import RunFailed, RunInterrupted, configure, run_claimed, sigterm_as_interrupt
 
     def put(kind: str, **fields) -> None:
         events.put(Event(task.index, kind, **fields))
 
     engine = create_db_engine(task.db_url)
-    try:
-        configure(task.device, task.threads)
-        run_id = run_claimed(
-            task.spec,
-            engine,
-            task.data_dir,
-            task.device,
-            task.sweep_id,
-            on_start=lambda run_id: put("started", run_id=run_id),
-            on_epoch=lambda result: put("epoch", epoch=result.epoch, test_acc=result.test_acc),
-        )
-        put("finished", run_id=run_id, status="completed")
-    except ClaimRefused as refused:
-        put("finished", run_id=refused.run_id, status="skipped", message=f"claimed elsewhere: {refused}")
-    except RunFailed as failure:
-        put("finished", run_id=failure.run_id, status="failed", message=str(failure))
-    except RunInterrupted as stop:
-        put("finished", run_id=stop.run_id, status="interrupted", message=str(stop))
+    run_id = None
+
+    def started(new_id: int) -> None:
+        nonlocal run_id
+        run_id = new_id
+        put("started", run_id=new_id)
+
+    with sigterm_as_interrupt():  # from before the claim, so a stop never leaves the run `running`
+        try:
+            configure(task.device, task.threads)
+            run_claimed(
+                task.spec,
+                engine,
+                task.data_dir,
+                task.device,
+                task.sweep_id,
+                retry_failed=task.retry_failed,
+                on_start=started,
+                on_epoch=lambda result: put("epoch", epoch=result.epoch, test_acc=result.test_acc),
+            )
+            put("finished", run_id=run_id, status="completed")
+        except ClaimRefused as refused:
+            put("finished", run_id=refused.run_id, status="skipped", message=f"claimed elsewhere: {refused}")
+        except RunTakenOver as taken:
+            put("finished", run_id=run_id, status="skipped", message=str(taken))
+        except RunFailed as failure:
+            put("finished", run_id=failure.run_id, status="failed", message=str(failure))
+        except (RunInterrupted, KeyboardInterrupt) as stop:
+            put("finished", run_id=run_id, status="interrupted", message=str(stop) or "interrupted")
+        except DBAPIError as error:
+            message = f"cannot use the database {describe(engine.url)}: {first_line(error.orig)}"
+            put("finished", run_id=run_id, status="failed", message=message)
     events.close()
     events.join_thread()

@@ -54,6 +54,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('gpu_name', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('cpu_model', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('code_version', sa.String(length=100), nullable=True))
+        batch_op.add_column(sa.Column('code_commit', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('code_dirty', sa.Boolean(), nullable=True))
         batch_op.alter_column('data_copy',
                existing_type=sa.VARCHAR(length=200),
@@ -80,6 +81,7 @@ def downgrade() -> None:
                existing_type=sa.VARCHAR(length=200),
                nullable=False)
         batch_op.drop_column('code_dirty')
+        batch_op.drop_column('code_commit')
         batch_op.drop_column('code_version')
         batch_op.drop_column('cpu_model')
         batch_op.drop_column('gpu_name')

@@ -1,0 +1,1 @@
+"""The results database: schema, storage, a run's life, liveness and migrations."""

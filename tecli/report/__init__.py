@@ -1,0 +1,1 @@
+"""Reports: measures and statistics, renderings, plots."""

@@ -1,0 +1,1 @@
+"""Sweeps: files, plans against the database, executors and their display."""
