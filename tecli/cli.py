@@ -83,9 +83,18 @@ def _parse_layers(text: str) -> tuple[int, ...]:
         raise UserError(f"--te-layers must be comma-separated integers such as -1 or -2,-1, got {text!r}") from None
 
 
+# What --resume keeps from the run's recorded configuration: these may not be given with it.
+_SPEC_OPTIONS = (
+    "dataset", "te", "seed", "epochs", "lr", "momentum", "batch_size", "weight_decay", "te_threshold",
+    "te_threshold_out", "te_window", "te_refresh", "te_fraction", "te_delay", "te_lambda", "te_mode",
+    "te_layers", "te_reach", "te_subset_seed",
+)  # fmt: skip
+
+
 @app.command()
 def run(
-    dataset: str = typer.Option(..., "--dataset", help="Data set: digits, usps, mnist, fashionmnist, cifar10, svhn, stl10."),
+    ctx: typer.Context,
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set: digits, usps, mnist, fashionmnist, cifar10, svhn, stl10."),
     te: bool = typer.Option(False, "--te", help="Train with TE feedback (baseline without)."),
     seed: int = typer.Option(0, help="Seed of weights, sample order and TE pair subset."),
     epochs: int = typer.Option(10, help="Number of epochs."),
@@ -107,10 +116,23 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and numba (default: their own)."),
+    resume: Optional[int] = typer.Option(
+        None, "--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint, with its recorded configuration."
+    ),
     db: Optional[str] = _db_option(),
 ) -> None:
     """Train one model (baseline, or with --te the TE-feedback variant) and record every epoch."""
     with _user_errors():
+        if resume is not None:  # (typer vendors click: compare the source by name)
+            fixed = [n for n in _SPEC_OPTIONS if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
+            if fixed:
+                raise UserError(
+                    f"--resume continues run {resume} with its recorded configuration; leave out {_option_name(fixed[0])}"
+                )
+            _run(None, db, data_dir, device, threads, resume)
+            return
+        if dataset is None:
+            raise UserError("--dataset is required (or --resume RUN_ID to continue a run)")
         given = {
             "threshold": te_threshold, "threshold_out": te_threshold_out, "window": te_window,
             "refresh": te_refresh, "fraction": te_fraction, "delay": te_delay, "lam": te_lambda,
@@ -131,21 +153,24 @@ def run(
             weight_decay=weight_decay,
             te=te_config,
         ).validate(_option_name)
-        from tecli.runner import RunFailed, RunInterrupted, run_one
+        _run(spec, db, data_dir, device, threads, None)
 
-        from tecli.db.recording import RunTakenOver
 
-        try:
-            run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads)
-        except RunInterrupted as stop:
-            typer.echo(str(stop), err=True)
-            raise typer.Exit(130) from None
-        except RunFailed as failure:
-            typer.echo(f"error: {failure} (see `tecli runs show {failure.run_id}`)", err=True)
-            raise typer.Exit(1) from None
-        except RunTakenOver as taken:
-            typer.echo(f"error: {taken}", err=True)
-            raise typer.Exit(1) from None
+def _run(spec: RunSpec | None, db, data_dir, device, threads, resume: int | None) -> None:
+    from tecli.db.recording import RunTakenOver
+    from tecli.runner import RunFailed, RunInterrupted, run_one
+
+    try:
+        run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads, resume=resume)
+    except RunInterrupted as stop:
+        typer.echo(f"{stop}; `tecli run --resume {stop.run_id}` continues it", err=True)
+        raise typer.Exit(130) from None
+    except RunFailed as failure:
+        typer.echo(f"error: {failure} (see `tecli runs show {failure.run_id}`)", err=True)
+        raise typer.Exit(1) from None
+    except RunTakenOver as taken:
+        typer.echo(f"error: {taken}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -153,6 +178,9 @@ def sweep(
     file: Path = typer.Argument(..., help="Sweep file, e.g. experiments.toml."),
     workers: int = typer.Option(1, help="Runs trained in parallel, each in its own process."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun runs whose last attempt failed."),
+    restart: bool = typer.Option(
+        False, "--restart", help="Start interrupted runs over from epoch 1 instead of resuming them from their checkpoints."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (done / to run) and train nothing."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per run (default: cores / workers)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
@@ -181,7 +209,7 @@ def sweep(
         Lease.from_env()
         configure(device, threads)  # check device and threads before anything is recorded
         engine = open_database(url)
-        planned = plan(engine, spec, retry_failed)
+        planned = plan(engine, spec, retry_failed, resume=not restart)
         console = Console()
         if dry_run:
             console.print(plan_table(planned))
@@ -189,10 +217,10 @@ def sweep(
             return
         console.print(f"sweep {spec.name}: {plan_counts(planned)}; {workers} worker(s)")
         sweep_id = register(engine, spec)
-        to_run = [p for p in planned if p.state == "to run"]
+        to_run = [p for p in planned if p.state in ("to run", "resume")]
         per_run_threads = threads or max(1, (os.cpu_count() or 1) // workers)
         tasks = [
-            Task(i, p.spec, url, sweep_id, data_dir, device, per_run_threads, retry_failed)
+            Task(i, p.spec, url, sweep_id, data_dir, device, per_run_threads, retry_failed, resume=not restart)
             for i, p in enumerate(to_run)
         ]
         display = SweepProgress(console, to_run)
@@ -319,6 +347,21 @@ def runs_show(
 
         run = show_run(open_database(db, create=False), run_id)
         _emit(run, output_format, lambda console: console.print(*run_tables(run)))
+
+
+@runs_app.command("export")
+def runs_export(
+    run_id: int = typer.Argument(..., help="Run id, as listed by `tecli runs`."),
+    output: Path = typer.Option(..., help="Folder for model.pt (torch state dict) and run.json (configuration)."),
+    db: Optional[str] = _db_option(),
+) -> None:
+    """Write a run's model (the final one of a completed run) and its configuration."""
+    with _user_errors():
+        from tecli.checkpoint import export_model
+        from tecli.db.store import open_database
+
+        weights, about = export_model(open_database(db, create=False), run_id, output)
+        typer.echo(f"wrote {weights} and {about}")
 
 
 def _emit(data, output_format: str, print_table) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tecli.data import DataSplits
     from tecli.db.recording import Attempt
     from tecli.epoch import EpochResult
+    from tecli.train import Training
 
 MAX_THREADS = 1024
 
@@ -82,39 +83,45 @@ def sigterm_as_interrupt():
 
 @dataclass
 class Prepared:
-    """A run ready for its first batch: data in memory, model, optimizer and feedback built."""
+    """A run ready for its next batch: data in memory, model, optimizer and feedback built."""
 
     data: DataSplits
-    epochs: Iterator[EpochResult]
+    training: Training
 
 
-def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None) -> Prepared:
-    """Load the data and build the training; a UserError for a mistake, before anything is recorded."""
+def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None, checkpoint: bytes | None = None) -> Prepared:
+    """Load the data and build the training (from a checkpoint, to resume); a UserError for a
+    mistake, before anything is recorded."""
+    from tecli.checkpoint import loads
     from tecli.data import load_dataset
     from tecli.train import train
 
     data = load_dataset(spec.dataset, data_dir)
     spec.check_fits(len(data.x_train))
-    return Prepared(data, train(spec, data, device=device, on_batch=on_batch))
+    training = train(spec, data, device=device, on_batch=on_batch)
+    if checkpoint is not None:
+        training.load_state_dict(loads(checkpoint))
+    return Prepared(data, training)
 
 
 def record_training(
     engine: Engine,
     attempt: Attempt,
-    setup: Callable[[], Iterator[EpochResult]],
+    setup: Callable[[], Training],
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:
     """A claimed attempt from set-up to its final status, with its heartbeat all along.
 
-    `setup()` returns the epochs to train (a sweep's run loads its data here, after
-    claiming; a set-up mistake is recorded as a failed run). Each epoch is committed
-    as it ends. The database failing mid-run (disk full, server gone) ends the run
+    `setup()` returns the Training (a sweep's run loads its data here, after claiming;
+    a set-up mistake is recorded as a failed run). Each epoch is committed as it ends,
+    with the training's checkpoint in the same transaction. The database failing mid-run (disk full, server gone) ends the run
     with one line; it is marked failed if the database still takes writes, else the
     next command that opens it finds the process gone and marks it interrupted. An
     attempt declared dead by another process stops with RunTakenOver.
     """
     from sqlalchemy.exc import DBAPIError
 
+    from tecli.checkpoint import dumps
     from tecli.db.recording import Heartbeat, RunTakenOver, finish_run, record_epoch
     from tecli.db.schema import RunStatus
     from tecli.db.store import describe, first_line
@@ -134,8 +141,9 @@ def record_training(
 
     with Heartbeat(engine, attempt), sigterm_as_interrupt():
         try:
-            for result in setup():
-                record_epoch(engine, attempt, result)
+            training = setup()
+            for result in training:
+                record_epoch(engine, attempt, result, dumps(training.state_dict()))
                 results.append(result)
                 if on_epoch:
                     on_epoch(result)
@@ -165,45 +173,70 @@ def run_claimed(
     device: str,
     sweep_id: int,
     retry_failed: bool = False,
-    on_start: Callable[[int], None] | None = None,
+    resume: bool = True,
+    on_start: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> int:
     """A sweep's run: claim the key first (so a second sweep does not load data for it),
-    then set up and train. Raises ClaimRefused when the key is taken; a set-up error is
-    recorded as a failed run (RunFailed)."""
+    then set up and train; with resume, an interrupted run of the key continues from its
+    checkpoint. Raises ClaimRefused when the key is taken; a set-up error is recorded as
+    a failed run (RunFailed). on_start(run id, epochs already done)."""
+    from tecli.checkpoint import loads
     from tecli.conditions import current_conditions
     from tecli.db.recording import claim_run, set_data_copy
 
-    attempt = claim_run(engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed)
+    attempt = claim_run(
+        engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
+    )
     if on_start:
-        on_start(attempt.run_id)
+        on_start(attempt.run_id, loads(attempt.checkpoint)["epoch"] if attempt.checkpoint else 0)
 
-    def setup() -> Iterator[EpochResult]:
-        prepared = prepare(spec, data_dir, device)
+    def setup() -> Training:
+        prepared = prepare(spec, data_dir, device, checkpoint=attempt.checkpoint)
         set_data_copy(engine, attempt, prepared.data.copy)
-        return prepared.epochs
+        return prepared.training
 
     record_training(engine, attempt, setup, on_epoch)
     return attempt.run_id
 
 
-def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, threads: int | None) -> int:
-    """`tecli run`: set up, then open the database and claim the key, train with a progress bar, summarize.
+def run_one(
+    spec: RunSpec | None,
+    db: str | None,
+    data_dir: Path | None,
+    device: str,
+    threads: int | None,
+    resume: int | None = None,
+) -> int:
+    """`tecli run`: set up, then open the database and claim the key, train with a progress
+    bar, summarize. With resume (a run id), continue that run from its checkpoint instead.
 
-    Everything a user can get wrong (device, threads, data, sizes, the --db path) is
-    checked before the database is opened, so a mistake leaves no file behind.
+    Everything a user can get wrong (device, threads, data, sizes, the --db path, a run
+    that cannot be resumed) is checked before anything is written, so a mistake leaves
+    no file and no row behind.
     """
+    from tecli.checkpoint import loads
     from tecli.conditions import current_conditions
     from tecli.db.liveness import Lease
-    from tecli.db.recording import ClaimRefused, claim_run
+    from tecli.db.recording import ClaimRefused, ResumeRefused, check_resumable, claim_run, resume_run
     from tecli.db.store import database_url, open_database
 
-    database_url(db)
+    database_url(db, must_exist=resume is not None)
     Lease.from_env()
     device = configure(device, threads)
+    conditions = current_conditions(device)
+    engine = None
+    done = 0
+    if resume is not None:
+        engine = open_database(db, create=False)
+        try:
+            target = check_resumable(engine, resume, conditions)
+        except ResumeRefused as refused:
+            raise UserError(str(refused)) from None
+        spec, done = RunSpec.from_dict(target.config), target.epoch
     console = Console()
     progress = _progress(console)
-    task = progress.add_task("train", total=None, epoch=1, epochs=spec.epochs)
+    task = progress.add_task("train", total=None, epoch=done + 1, epochs=spec.epochs)
 
     def on_batch(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
@@ -214,20 +247,30 @@ def run_one(spec: RunSpec, db: str | None, data_dir: Path | None, device: str, t
 
     prepared = prepare(spec, data_dir, device, on_batch)
     data = prepared.data
-    engine = open_database(db)
-    conditions = current_conditions(device)
-    try:
-        attempt = claim_run(engine, spec, conditions, data_copy=data.copy, rerun_completed=True)
-    except ClaimRefused as refused:
-        raise UserError(f"{refused}; a run key is trained by one process at a time (`tecli runs show {refused.run_id}`)") from None
+    if resume is not None:
+        if target.data_copy not in (None, data.copy):
+            raise UserError(f"run {resume} read {target.data_copy}, but here the data set is {data.copy}; pass --data-dir")
+        try:
+            attempt = resume_run(engine, resume, conditions)
+        except ResumeRefused as refused:  # changed since the look above
+            raise UserError(str(refused)) from None
+        prepared.training.load_state_dict(loads(attempt.checkpoint))
+        started = f"run {attempt.run_id} resumed after epoch {prepared.training.epoch}"
+    else:
+        engine = open_database(db)
+        try:
+            attempt = claim_run(engine, spec, conditions, data_copy=data.copy, rerun_completed=True)
+        except ClaimRefused as refused:
+            raise UserError(f"{refused}; a run key is trained by one process at a time (`tecli runs show {refused.run_id}`)") from None
+        started = f"run {attempt.run_id}"
     console.print(
-        f"run {attempt.run_id}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
+        f"{started}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
         f"{len(data.x_test)} test, variant [bold]{spec.variant}[/], seed {spec.seed}, "
         f"run key {spec.run_key()}, device {device}, threads {conditions.threads}",
         soft_wrap=True,
     )
     with progress:
-        results = record_training(engine, attempt, lambda: prepared.epochs, on_epoch)
+        results = record_training(engine, attempt, lambda: prepared.training, on_epoch)
     console.print(_summary(spec, results))
     return attempt.run_id
 
@@ -257,13 +300,16 @@ def _epoch_line(r: EpochResult, epochs: int, is_te: bool) -> str:
 
 
 def _summary(spec: RunSpec, results: list[EpochResult]) -> Table:
-    best = max(results, key=lambda r: r.test_acc)
-    total = sum(r.seconds for r in results)
-    te_total = sum(r.te_seconds for r in results)
+    """This process's epochs (a resumed run's earlier ones are in `tecli runs show`)."""
     table = Table(title=f"{spec.dataset} / {spec.variant} / seed {spec.seed}")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("epochs", str(len(results)))
+    table.add_row("epochs trained here", str(len(results)))
+    if not results:
+        return table
+    best = max(results, key=lambda r: r.test_acc)
+    total = sum(r.seconds for r in results)
+    te_total = sum(r.te_seconds for r in results)
     table.add_row("final test accuracy", f"{results[-1].test_acc:.4f}")
     table.add_row("best test accuracy", f"{best.test_acc:.4f} (epoch {best.epoch})")
     table.add_row("mean epoch time", f"{total / len(results):.2f} s")

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from tecli.errors import UserError, shown
-from tecli.db.schema import Epoch, Run, Sweep
+from tecli.db.schema import Checkpoint, Epoch, Run, Sweep
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers; a larger one cannot exist
 RUN_FIELDS = (
@@ -63,8 +63,15 @@ def list_runs(
         ]
 
 
+ATTEMPT_FIELDS = (
+    "number", "first_epoch", "status", "started_at", "ended_at", "host", "pid", "device", "gpu_name", "threads",
+    "cpu_model", "code_version",
+)  # fmt: skip
+
+
 def show_run(engine: Engine, run_id: int) -> dict:
-    """One run with its complete configuration and every recorded epoch."""
+    """One run with its complete configuration, its attempts (where it ran, stopped and
+    resumed), its checkpoint and every recorded epoch."""
     with Session(engine) as session:
         run = session.get(Run, run_id) if 1 <= run_id <= MAX_ID else None
         if run is None:
@@ -73,6 +80,8 @@ def show_run(engine: Engine, run_id: int) -> dict:
             **{f: _plain(getattr(run, f)) for f in RUN_FIELDS},
             "sweep": run.sweep.name if run.sweep else None,
             "config": run.config,
+            "attempts": [{f: _plain(getattr(a, f)) for f in ATTEMPT_FIELDS} for a in run.attempts],
+            "checkpoint_epoch": session.scalar(select(Checkpoint.epoch).where(Checkpoint.run_id == run_id)),
             "epochs": [{f: getattr(e, f) for f in EPOCH_FIELDS} for e in run.epochs],
         }
 
@@ -95,8 +104,8 @@ def runs_table(runs: list[dict]) -> Table:
     return table
 
 
-def run_tables(run: dict) -> tuple[Table, Table]:
-    """(settings table, per-epoch table) of one run."""
+def run_tables(run: dict) -> tuple[Table, Table, Table]:
+    """(settings table, attempts table, per-epoch table) of one run."""
     settings = Table(title=f"run {run['id']}: {run['dataset']} / {run['variant']} / seed {run['seed']}", show_header=False)
     settings.add_column("field")
     settings.add_column("value")
@@ -105,6 +114,17 @@ def run_tables(run: dict) -> tuple[Table, Table]:
             settings.add_row(field, str(run[field]))
     for key, value in _flatten(run["config"]):
         settings.add_row(f"config.{key}", str(value))
+    if run["checkpoint_epoch"] is not None:
+        settings.add_row("checkpoint", f"after epoch {run['checkpoint_epoch']}")
+    attempts = Table(title="attempts (a resumed run has several)", box=box.SIMPLE_HEAD)
+    for column in ("#", "from epoch", "status", "started (UTC)", "ended (UTC)", "host", "pid", "device", "threads"):
+        attempts.add_column(column, justify="right" if column in ("#", "from epoch", "pid", "threads") else "left")
+    for a in run["attempts"]:
+        attempts.add_row(
+            str(a["number"]), str(a["first_epoch"]), a["status"], a["started_at"][5:19].replace("T", " "),
+            (a["ended_at"] or "-")[5:19].replace("T", " ") or "-",
+            a["host"], str(a["pid"]), a["device"], str(a["threads"] if a["threads"] is not None else "-"),
+        )  # fmt: skip
     epochs = Table(title="epochs")
     for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "s", "TE s", "TE mean", "TE max"):
         epochs.add_column(column, justify="right")
@@ -113,7 +133,7 @@ def run_tables(run: dict) -> tuple[Table, Table]:
             str(e["epoch"]), *(_number(e[f]) for f in EPOCH_FIELDS[1:5]), _number(e["seconds"], 2),
             _number(e["te_seconds"], 3), _number(e["te_mean"]), _number(e["te_max"]),
         )  # fmt: skip
-    return settings, epochs
+    return settings, attempts, epochs
 
 
 def _flatten(config: dict, prefix: str = ""):

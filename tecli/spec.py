@@ -173,6 +173,12 @@ class RunSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, config: dict) -> "RunSpec":
+        """The RunSpec a run recorded (to_dict's output), validated; its run key is the recorded one."""
+        te = TEConfig(**config["te"]) if config.get("te") else None
+        return cls(**{**config, "te": te}).validate()
+
     def check_fits(self, n_train: int) -> None:
         """Sizes that depend on the data: a batch and a TE window fit in the training set."""
         if self.batch_size > n_train:

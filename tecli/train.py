@@ -41,70 +41,111 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss_sum / len(x), correct / len(x)
 
 
+class Training:
+    """One run's training: model, optimizer, sample order and TE feedback, one epoch at a time.
+
+    Iterating yields an EpochResult per remaining epoch. Between epochs, state_dict()
+    holds everything the next epoch depends on (weights, momentum, every generator,
+    the feedback's windows and factors, the epoch count); load_state_dict() on a new
+    Training of the same spec and data continues bit for bit on the same machine.
+    Model, optimizer and feedback are built in the constructor, so a bad parameter
+    fails there and not half-way into the first epoch.
+    """
+
+    def __init__(self, spec: RunSpec, data: DataSplits, device: str = "cpu", on_batch=None):
+        self.spec = spec
+        self.device = device
+        self.on_batch = on_batch  # on_batch(done, total) after every training batch (progress display)
+        torch.manual_seed(spec.seed)
+        self.model = build_model(data.input_shape, data.n_classes).to(device)
+        self.order = torch.Generator().manual_seed(spec.seed)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
+        self.feedback = TEFeedback(self.model, spec.te, spec.batch_size, spec.te_seed) if spec.te else None
+        self.model_args = {"input_shape": list(data.input_shape), "n_classes": data.n_classes}  # build_model(**args)
+        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
+        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
+        self.epoch = 0  # epochs finished
+
+    def __iter__(self) -> Iterator[EpochResult]:
+        self.model.train()
+        try:
+            while self.epoch < self.spec.epochs:
+                result = self._train_epoch(self.epoch + 1)
+                self.epoch += 1
+                yield result
+        finally:
+            if self.feedback:
+                self.feedback.close()
+
+    def _train_epoch(self, epoch: int) -> EpochResult:
+        spec, model, feedback, device = self.spec, self.model, self.feedback, self.device
+        n = len(self.x_train)
+        n_batches = (n + spec.batch_size - 1) // spec.batch_size
+        start = time.perf_counter()
+        te_before = feedback.seconds if feedback else 0.0
+        permutation = torch.randperm(n, generator=self.order).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for b in range(n_batches):
+            index = permutation[b * spec.batch_size : (b + 1) * spec.batch_size]
+            xb, yb = self.x_train[index], self.y_train[index]
+            if feedback:
+                feedback.before_batch()
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(logits, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if feedback:
+                feedback.after_backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            if self.on_batch:
+                self.on_batch(b + 1, n_batches)
+        test_loss, test_acc = evaluate(model, self.x_test, self.y_test)
+        te_mean, te_max = feedback.te_stats() if feedback else (None, None)
+        return EpochResult(
+            epoch=epoch,
+            train_loss=loss_sum.item() / n,
+            train_acc=correct.item() / n,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            seconds=time.perf_counter() - start,
+            te_seconds=(feedback.seconds - te_before) if feedback else 0.0,
+            te_mean=te_mean,
+            te_max=te_max,
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "model_args": self.model_args,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "order_rng": self.order.get_state(),
+            "feedback": self.feedback.state_dict() if self.feedback else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["feedback"] is None) != (self.feedback is None):
+            raise ValueError("checkpoint and run disagree on TE feedback")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.order.set_state(state["order_rng"])
+        if self.feedback:
+            self.feedback.load_state_dict(state["feedback"])
+        self.epoch = int(state["epoch"])
+
+
 def train(
     spec: RunSpec,
     data: DataSplits,
     device: str = "cpu",
     on_batch: Callable[[int, int], None] | None = None,
-) -> Iterator[EpochResult]:
-    """Train the data set's CNN as `spec` says; returns an iterator of one EpochResult per epoch.
-
-    Model, optimizer and feedback are built before this returns, so a bad
-    parameter fails here and not half-way into the first epoch.
-    on_batch(done, total) is called after every training batch (progress display).
-    """
-    torch.manual_seed(spec.seed)
-    model = build_model(data.input_shape, data.n_classes).to(device)
-    order = torch.Generator().manual_seed(spec.seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-    )
-    feedback = TEFeedback(model, spec.te, spec.batch_size, spec.te_seed) if spec.te else None
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    n = len(x_train)
-    n_batches = (n + spec.batch_size - 1) // spec.batch_size
-
-    def epochs() -> Iterator[EpochResult]:
-        model.train()
-        try:
-            for epoch in range(1, spec.epochs + 1):
-                start = time.perf_counter()
-                te_before = feedback.seconds if feedback else 0.0
-                permutation = torch.randperm(n, generator=order).to(device)
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), dtype=torch.long, device=device)
-                for b in range(n_batches):
-                    index = permutation[b * spec.batch_size : (b + 1) * spec.batch_size]
-                    xb, yb = x_train[index], y_train[index]
-                    if feedback:
-                        feedback.before_batch()
-                    logits = model(xb)
-                    loss = nn.functional.cross_entropy(logits, yb)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if feedback:
-                        feedback.after_backward()
-                    optimizer.step()
-                    loss_sum += loss.detach() * len(yb)
-                    correct += (logits.detach().argmax(1) == yb).sum()
-                    if on_batch:
-                        on_batch(b + 1, n_batches)
-                test_loss, test_acc = evaluate(model, x_test, y_test)
-                te_mean, te_max = feedback.te_stats() if feedback else (None, None)
-                yield EpochResult(
-                    epoch=epoch,
-                    train_loss=loss_sum.item() / n,
-                    train_acc=correct.item() / n,
-                    test_loss=test_loss,
-                    test_acc=test_acc,
-                    seconds=time.perf_counter() - start,
-                    te_seconds=(feedback.seconds - te_before) if feedback else 0.0,
-                    te_mean=te_mean,
-                    te_max=te_max,
-                )
-        finally:
-            if feedback:
-                feedback.close()
-
-    return epochs()
+) -> Training:
+    """The run's Training: iterate it for one EpochResult per epoch."""
+    return Training(spec, data, device, on_batch)

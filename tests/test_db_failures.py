@@ -146,7 +146,8 @@ def require_postgres_binaries() -> None:
 # -- 1. disk full under SQLite: a real tmpfs, filled up --------------------------
 
 
-def _mount_tiny_tmpfs(folder: Path, size: str = "2m") -> None:
+def _mount_tiny_tmpfs(folder: Path, size: str = "16m") -> None:
+    # Room for the WAL to reach SQLite's auto-checkpoint (1000 pages, ~4 MB) with checkpoints in it.
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root; test_injected_* cover the disk-full path")
     folder.mkdir()
@@ -344,11 +345,11 @@ def test_injected_write_failure_marks_the_run_failed(tmp_path, monkeypatch, fail
     real_record_epoch = tecli.db.recording.record_epoch
     calls = []
 
-    def record_epoch_until_the_disk_fills(engine, attempt, result):
+    def record_epoch_until_the_disk_fills(engine, attempt, result, checkpoint=None):
         calls.append(result.epoch)
         if len(calls) == fail_at:
             raise _disk_full()
-        real_record_epoch(engine, attempt, result)
+        real_record_epoch(engine, attempt, result, checkpoint)
 
     monkeypatch.setattr(tecli.db.recording, "record_epoch", record_epoch_until_the_disk_fills)
     db = str(tmp_path / "i.db")
@@ -376,11 +377,11 @@ def test_injected_failure_of_every_write_leaves_the_run_running_for_liveness(tmp
     real_record_epoch = tecli.db.recording.record_epoch
     calls = []
 
-    def record_epoch_until_the_server_goes(engine, attempt, result):
+    def record_epoch_until_the_server_goes(engine, attempt, result, checkpoint=None):
         calls.append(result.epoch)
         if len(calls) == 3:
             raise _disk_full("connection to server at \"127.0.0.1\", port 1 failed: Connection refused")
-        real_record_epoch(engine, attempt, result)
+        real_record_epoch(engine, attempt, result, checkpoint)
 
     def finish_run_refused(*args, **kwargs):
         raise _disk_full("connection to server at \"127.0.0.1\", port 1 failed: Connection refused")

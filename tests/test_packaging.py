@@ -20,7 +20,7 @@ from pathlib import Path
 from tecli.db.store import SCHEMA_HEAD
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = {"sweeps", "runs", "epochs", "claims", "checkpoints", "alembic_version"}
+TABLES = {"sweeps", "runs", "attempts", "epochs", "claims", "checkpoints", "alembic_version"}
 # What a build leaves in the source tree, and what is not part of it.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.db*")
 

@@ -26,7 +26,7 @@ from tecli.errors import UserError
 from tecli.spec import RunSpec, TEConfig
 
 DATA = Path(__file__).parent / "data"
-TABLES = {"alembic_version", "sweeps", "runs", "epochs", "claims", "checkpoints"}
+TABLES = {"alembic_version", "sweeps", "runs", "attempts", "epochs", "claims", "checkpoints"}
 
 
 def test_schema_head_constant_is_the_newest_migration():

@@ -1,12 +1,17 @@
-"""A run's life in the database: claimed and inserted before training, one short
-transaction per finished epoch, a heartbeat while it trains, and its final status.
+"""A run's life in the database: claimed before training, one short transaction per
+finished epoch (with the run's checkpoint), a heartbeat while it trains, its final
+status, and resumes.
 
-Claims: the `claims` table has one row per run key, naming the attempt that holds
-it. An attempt is created and takes the key in one transaction (claim_run), so two
+Claims: the `claims` table has one row per run key, naming the run that holds it.
+A run is created, or resumed, and takes the key in one transaction, so two
 processes, on one machine or many, can never both train a key: the key's primary
-key rejects a second insert, and taking over a key from a finished attempt is a
-compare-and-set on the claim row. A sweep also refuses a key that has a completed
-run; `tecli run` may train a completed key again (a new attempt, history kept).
+key rejects a second insert, and taking a key over (a new run after an
+interrupted one, or a resume) is a compare-and-set on the claim's version. A
+sweep also refuses a key that has a completed run; `tecli run` may train a
+completed key again (a new run, history kept).
+
+Resumes continue the same run row from its checkpoint; each process's stretch of
+a run is a row of `attempts` (where, when, from which epoch, how it ended).
 
 Every later write of the attempt is fenced: it must still be `running` and still
 carry its owner token. If another process has declared the owner dead (and may
@@ -24,6 +29,8 @@ import dataclasses
 import math
 import platform
 import threading
+from collections.abc import Callable
+from datetime import datetime
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -35,7 +42,7 @@ from sqlalchemy.orm import Session
 from tecli import __version__
 from tecli.conditions import Conditions
 from tecli.db.liveness import Lease, Owner, current_owner, is_dead
-from tecli.db.schema import Claim, Epoch, Run, RunStatus, utcnow
+from tecli.db.schema import Checkpoint, Claim, Epoch, Run, RunAttempt, RunStatus, utcnow
 from tecli.epoch import EpochResult
 from tecli.spec import RunSpec
 
@@ -57,6 +64,10 @@ class RunTakenOver(Exception):
     """This attempt was declared dead and its key taken by another process; it must stop."""
 
 
+class ResumeRefused(Exception):
+    """`tecli run --resume`: the run cannot be resumed (the message says why and what to do)."""
+
+
 def _package_version(name: str) -> str:
     try:
         return version(name)
@@ -66,10 +77,13 @@ def _package_version(name: str) -> str:
 
 @dataclass(frozen=True)
 class Attempt:
-    """A claimed run: its id and the owner token that fences its writes."""
+    """A claimed run as this process holds it: the owner token fences its writes; a
+    resumed run comes with the checkpoint it continues from."""
 
     run_id: int
     owner: str
+    code_version: str = ""
+    checkpoint: bytes | None = None  # None: training starts at epoch 1
 
 
 def _new_run(spec: RunSpec, conditions: Conditions, owner: Owner, lease: Lease, sweep_id, data_copy) -> Run:
@@ -117,6 +131,59 @@ class _Lost(Exception):
     """Another process moved the claim between our read and our write: read again."""
 
 
+def _retrying(engine: Engine, what: str, take: Callable[[Session, datetime], Attempt]) -> Attempt:
+    """take(session, now) in one transaction, again while other processes win the race for the key."""
+    for _ in range(CLAIM_TRIES):
+        try:
+            with Session(engine) as session, session.begin():
+                return take(session, _now(session))
+        except (IntegrityError, _Lost):
+            continue
+    raise RuntimeError(f"could not {what}: {CLAIM_TRIES} tries lost to other processes")
+
+
+def _new_attempt(run_id: int, number: int, first_epoch: int, owner: Owner, conditions: Conditions, now) -> RunAttempt:
+    return RunAttempt(
+        run_id=run_id, number=number, first_epoch=first_epoch, status=RunStatus.RUNNING, started_at=now,
+        owner=owner.token, host=owner.host, pid=owner.pid, device=conditions.device, gpu_name=conditions.gpu_name,
+        threads=conditions.threads, cpu_model=conditions.cpu_model, code_version=conditions.code_version,
+    )  # fmt: skip
+
+
+def _take_claim(session: Session, key: str, version: int, run_id: int, now) -> None:
+    """Compare-and-set on the claim's version; _Lost when another process took it first."""
+    moved = session.execute(
+        update(Claim).where(Claim.run_key == key, Claim.version == version).values(run_id=run_id, version=version + 1, claimed_at=now)
+    ).rowcount
+    if moved != 1:
+        raise _Lost
+
+
+def _continue(session: Session, run: Run, version: int, conditions: Conditions, owner: Owner, lease: Lease, now) -> Attempt:
+    """Resume `run` (interrupted or failed) from its checkpoint as a new attempt of this process."""
+    checkpoint = session.get(Checkpoint, run.id)
+    _take_claim(session, run.run_key, version, run.id, now)
+    changed = session.execute(
+        update(Run)
+        .where(Run.id == run.id, Run.status == run.status)
+        .values(
+            status=RunStatus.RUNNING, finished_at=None, error=None, heartbeat_at=now, host=owner.host, pid=owner.pid,
+            owner=owner.token, boot_id=owner.boot_id, pid_namespace=owner.pid_namespace,
+            pid_started=owner.pid_started, lease_seconds=lease.lease_seconds,
+        )  # fmt: skip
+    ).rowcount
+    if changed != 1:
+        raise _Lost
+    number = session.scalar(select(func.max(RunAttempt.number)).where(RunAttempt.run_id == run.id)) or 0
+    session.add(_new_attempt(run.id, number + 1, checkpoint.epoch + 1, owner, conditions, now))
+    return Attempt(run.id, owner.token, conditions.code_version, checkpoint.state)
+
+
+def _resumable(session: Session, run: Run, conditions: Conditions) -> bool:
+    checkpoint = session.get(Checkpoint, run.id)
+    return checkpoint is not None and checkpoint.code_version == conditions.code_version
+
+
 def claim_run(
     engine: Engine,
     spec: RunSpec,
@@ -126,55 +193,117 @@ def claim_run(
     data_copy: str | None = None,
     rerun_completed: bool = False,
     retry_failed: bool = False,
+    resume: bool = False,
     lease: Lease | None = None,
 ) -> Attempt:
-    """Create a `running` attempt of `spec` holding its run key, or raise ClaimRefused.
+    """Take `spec`'s run key for this process, or raise ClaimRefused.
 
-    Refused: a key held by a live running attempt; unless rerun_completed (`tecli run`),
-    a key with a completed attempt, and, unless retry_failed, a key whose newest attempt
+    Refused: a key held by a live running run; unless rerun_completed (`tecli run`),
+    a key with a completed run, and, unless retry_failed, a key whose newest run
     failed (a sweep's resume rules, see tecli.sweep.plan). A holder that is `running`
-    but dead (liveness) is marked interrupted first.
+    but dead (liveness) is marked interrupted first. With resume, an interrupted
+    holder (or a failed one, with retry_failed) that has a checkpoint written by this
+    code is continued; otherwise a new run starts at epoch 1.
     """
     key = spec.run_key()
     owner = current_owner()
     lease = lease or Lease.from_env()
-    for _ in range(CLAIM_TRIES):
+
+    def take(session: Session, now) -> Attempt:
+        found = session.execute(
+            select(Run, Claim.version).join(Claim, Claim.run_id == Run.id).where(Claim.run_key == key)
+        ).first()
+        holder, version = found if found is not None else (None, 0)
+        if holder is not None and holder.status == RunStatus.RUNNING:
+            if not is_dead(holder, owner, now) or not _mark_interrupted(session, holder.id, holder.heartbeat_at):
+                raise ClaimRefused(key, holder.id, holder.status, holder.host)
+            holder.status = RunStatus.INTERRUPTED  # as just written
+        if holder is not None and holder.status == RunStatus.FAILED and not (retry_failed or rerun_completed):
+            raise ClaimRefused(key, holder.id, holder.status, holder.host)
+        if not rerun_completed:
+            done = session.scalar(
+                select(Run.id).where(Run.run_key == key, Run.status == RunStatus.COMPLETED).limit(1)
+            )
+            if done is not None:
+                raise ClaimRefused(key, done, RunStatus.COMPLETED, "")
+        if resume and holder is not None and holder.status != RunStatus.COMPLETED and _resumable(session, holder, conditions):
+            return _continue(session, holder, version, conditions, owner, lease, now)
+        run = _new_run(spec, conditions, owner, lease, sweep_id, data_copy)
+        run.started_at = run.heartbeat_at = now
+        session.add(run)
+        session.flush()
+        session.add(_new_attempt(run.id, 1, 1, owner, conditions, now))
+        if holder is None:
+            session.add(Claim(run_key=key, run_id=run.id, version=1, claimed_at=now))
+            session.flush()  # IntegrityError when another process inserted the key first
+        else:
+            _take_claim(session, key, version, run.id, now)
+        return Attempt(run.id, owner.token, conditions.code_version)
+
+    return _retrying(engine, f"claim run key {key}", take)
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """What `tecli run --resume` needs to know before it sets up: the run's configuration,
+    the data copy it read and the epoch its checkpoint holds."""
+
+    config: dict
+    data_copy: str | None
+    epoch: int
+
+
+def _resume_target(session: Session, run_id: int, conditions: Conditions, owner: Owner, now) -> tuple[Run, Checkpoint, int]:
+    """(run, its checkpoint, its claim's version), or ResumeRefused saying why not."""
+    run = session.get(Run, run_id) if 1 <= run_id < 2**31 else None
+    if run is None:
+        raise ResumeRefused(f"no run with id {run_id}; `tecli runs` lists the recorded runs")
+    if run.status == RunStatus.COMPLETED:
+        raise ResumeRefused(f"run {run_id} is completed; there is nothing to resume")
+    if run.status == RunStatus.RUNNING:
+        if not is_dead(run, owner, now) or not _mark_interrupted(session, run.id, run.heartbeat_at):
+            raise ResumeRefused(f"run {run_id} is running on {run.host}; it cannot be resumed while it trains")
+        run.status = RunStatus.INTERRUPTED
+    checkpoint = session.get(Checkpoint, run_id)
+    if checkpoint is None:
+        raise ResumeRefused(
+            f"run {run_id} has no checkpoint (it stopped before its first epoch ended); "
+            "start it over with the same `tecli run` options"
+        )
+    if checkpoint.code_version != conditions.code_version:
+        raise ResumeRefused(
+            f"run {run_id}'s checkpoint was written by code {checkpoint.code_version} and this is "
+            f"{conditions.code_version}; resume it with that code, or start it over"
+        )
+    version = session.scalar(select(Claim.version).where(Claim.run_key == run.run_key, Claim.run_id == run_id))
+    if version is None:
+        holder = session.scalar(select(Claim.run_id).where(Claim.run_key == run.run_key))
+        raise ResumeRefused(f"run {run_id}'s run key is now held by run {holder}; resume or inspect that one")
+    return run, checkpoint, version
+
+
+def check_resumable(engine: Engine, run_id: int, conditions: Conditions) -> Resumable:
+    """The refusals of resume_run, looked at without taking the run (nothing is written)."""
+    with Session(engine) as session:
         try:
-            with Session(engine) as session, session.begin():
-                now = _now(session)
-                holder = session.execute(
-                    select(Run).join(Claim, Claim.run_id == Run.id).where(Claim.run_key == key)
-                ).scalar_one_or_none()
-                if holder is not None and holder.status == RunStatus.RUNNING:
-                    if not is_dead(holder, owner, now) or not _mark_interrupted(session, holder.id, holder.heartbeat_at):
-                        raise ClaimRefused(key, holder.id, holder.status, holder.host)
-                if holder is not None and holder.status == RunStatus.FAILED and not (retry_failed or rerun_completed):
-                    raise ClaimRefused(key, holder.id, holder.status, holder.host)
-                if not rerun_completed:
-                    done = session.scalar(
-                        select(Run.id).where(Run.run_key == key, Run.status == RunStatus.COMPLETED).limit(1)
-                    )
-                    if done is not None:
-                        raise ClaimRefused(key, done, RunStatus.COMPLETED, "")
-                run = _new_run(spec, conditions, owner, lease, sweep_id, data_copy)
-                run.started_at = run.heartbeat_at = now
-                session.add(run)
-                session.flush()
-                if holder is None:
-                    session.add(Claim(run_key=key, run_id=run.id))
-                    session.flush()  # IntegrityError when another process inserted the key first
-                else:
-                    moved = session.execute(
-                        update(Claim)
-                        .where(Claim.run_key == key, Claim.run_id == holder.id)
-                        .values(run_id=run.id, claimed_at=now)
-                    ).rowcount
-                    if moved != 1:
-                        raise _Lost
-                return Attempt(run.id, owner.token)
-        except (IntegrityError, _Lost):
-            continue
-    raise RuntimeError(f"could not claim run key {key}: {CLAIM_TRIES} tries lost to other processes")
+            run, checkpoint, _ = _resume_target(session, run_id, conditions, current_owner(), _now(session))
+            return Resumable(run.config, run.data_copy, checkpoint.epoch)
+        finally:
+            session.rollback()
+
+
+def resume_run(engine: Engine, run_id: int, conditions: Conditions, lease: Lease | None = None) -> Attempt:
+    """`tecli run --resume`: continue run `run_id` from its checkpoint as a new attempt of this
+    process. ResumeRefused for a completed or live run, a run without a checkpoint, one whose
+    checkpoint other code wrote, or one whose key a newer run holds."""
+    owner = current_owner()
+    lease = lease or Lease.from_env()
+
+    def take(session: Session, now) -> Attempt:
+        run, _, version = _resume_target(session, run_id, conditions, owner, now)
+        return _continue(session, run, version, conditions, owner, lease, now)
+
+    return _retrying(engine, f"resume run {run_id}", take)
 
 
 def _owned(attempt: Attempt):
@@ -195,15 +324,21 @@ def set_data_copy(engine: Engine, attempt: Attempt, data_copy: str) -> None:
         _fenced(session, attempt, data_copy=data_copy, heartbeat_at=_now(session))
 
 
-def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult) -> None:
-    """Store one finished epoch in its own transaction (with the heartbeat).
+def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult, checkpoint: bytes | None = None) -> None:
+    """Store one finished epoch, and the run's checkpoint after it, in one transaction
+    (with the heartbeat): both are there, or neither.
 
     A number that is not finite (the loss of a diverged run) is stored as NULL on
     every backend, as SQLite would store it anyway."""
     values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(result).items()}
     with Session(engine) as session, session.begin():
-        _fenced(session, attempt, heartbeat_at=_now(session))
+        now = _now(session)
+        _fenced(session, attempt, heartbeat_at=now)
         session.add(Epoch(run_id=attempt.run_id, **values))
+        if checkpoint is not None:
+            session.merge(
+                Checkpoint(run_id=attempt.run_id, epoch=result.epoch, state=checkpoint, code_version=attempt.code_version, saved_at=now)
+            )
 
 
 def finish_run(engine: Engine, attempt: Attempt, status: RunStatus, error: str | None = None) -> bool:
@@ -213,17 +348,30 @@ def finish_run(engine: Engine, attempt: Attempt, status: RunStatus, error: str |
         changed = session.execute(
             update(Run).where(_owned(attempt)).values(status=status, error=error, finished_at=now, heartbeat_at=now)
         ).rowcount
+        if changed:
+            _end_attempts(session, attempt.run_id, status, now)
     return changed == 1
+
+
+def _end_attempts(session: Session, run_id: int, status: RunStatus, now) -> None:
+    session.execute(
+        update(RunAttempt)
+        .where(RunAttempt.run_id == run_id, RunAttempt.status == RunStatus.RUNNING)
+        .values(status=status, ended_at=now)
+    )
 
 
 def fail_running(engine: Engine, run_id: int, error: str) -> bool:
     """Mark a run failed from outside its process (its worker died silently), if still running."""
     with Session(engine) as session, session.begin():
+        now = _now(session)
         changed = session.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-            .values(status=RunStatus.FAILED, error=error, finished_at=utcnow())
+            .values(status=RunStatus.FAILED, error=error, finished_at=now)
         ).rowcount
+        if changed:
+            _end_attempts(session, run_id, RunStatus.FAILED, now)
     return changed == 1
 
 
@@ -260,13 +408,15 @@ class Heartbeat:
 
 def _mark_interrupted(session: Session, run_id: int, heartbeat_at) -> bool:
     """Compare-and-set: interrupted only if still running with the heartbeat that was judged."""
-    return bool(
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at == heartbeat_at)
-            .values(status=RunStatus.INTERRUPTED, finished_at=_now(session), error=DEAD_MESSAGE)
-        ).rowcount
-    )
+    now = _now(session)
+    changed = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.heartbeat_at == heartbeat_at)
+        .values(status=RunStatus.INTERRUPTED, finished_at=now, error=DEAD_MESSAGE)
+    ).rowcount
+    if changed:
+        _end_attempts(session, run_id, RunStatus.INTERRUPTED, now)
+    return bool(changed)
 
 
 def mark_dead_runs(engine: Engine) -> list[int]:

@@ -60,9 +60,10 @@ class Sweep(Base):
 
 
 class Run(Base):
-    """One attempt at a run key. Who holds it (owner .. pid_started) decides liveness
-    (tecli.db.liveness); what it was measured under (device .. code_dirty) decides
-    which runs the report may compare in seconds."""
+    """One training of a run key, from epoch 1 (a resume continues the same row; a
+    restart is a new row). Its current owner (host .. lease_seconds) decides liveness
+    (tecli.db.liveness); the conditions (device .. code_dirty) are its first attempt's,
+    and `attempts` holds every attempt's."""
 
     __tablename__ = "runs"
 
@@ -103,26 +104,54 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     sweep: Mapped[Sweep | None] = relationship(back_populates="runs")
+    attempts: Mapped[list[RunAttempt]] = relationship(order_by="RunAttempt.number", passive_deletes=True)
     epochs: Mapped[list[Epoch]] = relationship(
         back_populates="run", order_by="Epoch.epoch", cascade="all, delete-orphan", passive_deletes=True
     )
 
 
 class Claim(Base):
-    """One row per run key: the attempt that holds it. The primary key is the rule that
-    no key is trained twice at once; an attempt takes a key in the same transaction
-    that creates it (tecli.db.recording.claim_run)."""
+    """One row per run key: the run that holds it. The primary key is the rule that no
+    key is trained twice at once; a run takes a key in the same transaction that creates
+    or resumes it, by compare-and-set on `version` (tecli.db.recording)."""
 
     __tablename__ = "claims"
 
     run_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # +1 each time the key is taken
     claimed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class RunAttempt(Base):
+    """One process's stretch of a run: a run interrupted and resumed from its checkpoint
+    has several, each with where it ran, from which epoch, how it ended, and the
+    conditions it measured its epochs under."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... in the order they ran
+    first_epoch: Mapped[int] = mapped_column(Integer)  # the first epoch this attempt trained
+    status: Mapped[str] = mapped_column(String(16))  # a RunStatus: running, or how it ended
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    owner: Mapped[str | None] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    gpu_name: Mapped[str | None] = mapped_column(String(200))
+    threads: Mapped[int | None] = mapped_column(Integer)
+    cpu_model: Mapped[str | None] = mapped_column(String(200))
+    code_version: Mapped[str | None] = mapped_column(String(100))
+
+
 class Checkpoint(Base):
-    """A run's latest training state (replaced after each epoch), so any worker that
-    reaches the database can resume it."""
+    """A run's latest training state, written with each epoch in that epoch's transaction
+    and replaced by the next, so any worker that reaches the database can resume the run;
+    a completed run's is its final model."""
 
     __tablename__ = "checkpoints"
 

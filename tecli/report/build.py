@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from tecli.conditions import CONDITION_FIELDS
-from tecli.db.schema import Epoch, Run, RunStatus, Sweep
+from tecli.db.schema import Epoch, Run, RunAttempt, RunStatus, Sweep
 from tecli.errors import UserError
 from tecli.sweep.file import METRICS
 
@@ -97,6 +97,7 @@ def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
         if runs.empty:
             return runs, pd.DataFrame()
         _conditions_as_values(runs)
+        _resumed_conditions(runs, connection)
         counted = runs[runs.status == RunStatus.COMPLETED].sort_values("run_id").drop_duplicates("run_key", keep="last")
         epochs = _frame(
             connection.execute(
@@ -115,6 +116,25 @@ def _conditions_as_values(runs: pd.DataFrame) -> None:
     for name in CONDITION_FIELDS:
         values = [None if v is None or v != v else (int(v) if name == "threads" else v) for v in runs[name].tolist()]
         runs[name] = pd.Series(values, index=runs.index, dtype=object)
+
+
+def _resumed_conditions(runs: pd.DataFrame, connection) -> None:
+    """A run resumed under other conditions than it started with measured its epochs under
+    both: such a condition becomes "a + b" (in attempt order), which equals no plain value."""
+    attempts = connection.execute(
+        select(RunAttempt.run_id, *(getattr(RunAttempt, name) for name in CONDITION_FIELDS))
+        .where(RunAttempt.run_id.in_(runs.run_id.tolist()))
+        .order_by(RunAttempt.run_id, RunAttempt.number)
+    ).all()
+    seen: dict[int, list[tuple]] = {}
+    for run_id, *values in attempts:
+        seen.setdefault(run_id, []).append(tuple(values))
+    position = {run_id: i for i, run_id in zip(runs.index, runs.run_id)}
+    for run_id, tuples in seen.items():
+        for column, name in enumerate(CONDITION_FIELDS):
+            values = list(dict.fromkeys(t[column] for t in tuples))
+            if len(values) > 1:
+                runs.at[position[run_id], name] = " + ".join(map(str, values))
 
 
 def condition_text(name: str, value, devices=()) -> str:

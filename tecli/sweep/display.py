@@ -25,7 +25,7 @@ def plan_table(planned: Sequence[PlannedRun]) -> Table:
 
 def plan_counts(planned: Sequence[PlannedRun]) -> str:
     counts = Counter(p.state for p in planned)
-    parts = [f"{counts[s]} {s}" for s in ("done", "to run", "failed", "running") if counts[s]]
+    parts = [f"{counts[s]} {s}" for s in ("done", "resume", "to run", "failed", "running") if counts[s]]
     note = " (--retry-failed reruns failed runs)" if counts["failed"] else ""
     return f"{len(planned)} runs: {', '.join(parts)}{note}"
 
@@ -57,8 +57,9 @@ class SweepProgress:
     def report(self, event: Event) -> None:
         planned = self.to_run[event.index]
         if event.kind == "started":
+            resumed = f" (resumed after epoch {event.epoch})" if event.epoch else ""
             self.lines[event.index] = self.progress.add_task(
-                f"  run {event.run_id} {planned.label}", total=planned.spec.epochs
+                f"  run {event.run_id} {planned.label}{resumed}", total=planned.spec.epochs, completed=event.epoch or 0
             )
         elif event.kind == "epoch" and event.index in self.lines:
             self.progress.update(self.lines[event.index], completed=event.epoch)

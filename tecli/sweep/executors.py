@@ -36,11 +36,13 @@ class Task:
     device: str
     threads: int
     retry_failed: bool = False
+    resume: bool = True  # an interrupted run of the key continues from its checkpoint
 
 
 @dataclass(frozen=True)
 class Event:
-    """What a worker reports: kind is started | epoch | finished."""
+    """What a worker reports: kind is started | epoch | finished. `epoch`: with epoch, the
+    epoch that finished; with started, the epochs already done (a resumed run)."""
 
     index: int
     kind: str
@@ -174,10 +176,10 @@ def _worker(task: Task, events, parent_pid: int) -> None:
     engine = create_db_engine(task.db_url)
     run_id = None
 
-    def started(new_id: int) -> None:
+    def started(new_id: int, epochs_done: int) -> None:
         nonlocal run_id
         run_id = new_id
-        put("started", run_id=new_id)
+        put("started", run_id=new_id, epoch=epochs_done)
 
     with sigterm_as_interrupt():  # from before the claim, so a stop never leaves the run `running`
         try:
@@ -189,6 +191,7 @@ def _worker(task: Task, events, parent_pid: int) -> None:
                 task.device,
                 task.sweep_id,
                 retry_failed=task.retry_failed,
+                resume=task.resume,
                 on_start=started,
                 on_epoch=lambda result: put("epoch", epoch=result.epoch, test_acc=result.test_acc),
             )

@@ -71,7 +71,8 @@ class TEFeedback:
         self._batch = 0
         self._capturing = False
         self._refreshed = False
-        rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # the TE side's own generator: draws the pair subset
+        rng = self.rng
         linears = linear_layers(model)
         self._slots: list[_Slot] = []
         self._hooks = []
@@ -164,6 +165,33 @@ class TEFeedback:
             return None, None
         values = np.concatenate([slot.te for slot in self._slots])
         return float(values.mean()), float(values.max())
+
+    def state_dict(self) -> dict:
+        """The feedback's state between batches: position in the refresh cycle, capture flag,
+        each layer's window, factors and last TE, and the TE side's generator."""
+        return {
+            "batch": self._batch,
+            "capturing": self._capturing,
+            "refreshed": self._refreshed,
+            "rng": self.rng.bit_generator.state,
+            "slots": [
+                {"window": slot.window.state_dict(), "factor": slot.factor.detach().cpu().clone(), "te": slot.te.copy()}
+                for slot in self._slots
+            ],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict taken from feedback with the same configuration and model."""
+        if len(state["slots"]) != len(self._slots):
+            raise ValueError(f"feedback state has {len(state['slots'])} layers, expected {len(self._slots)}")
+        self._batch = int(state["batch"])
+        self._capturing = bool(state["capturing"])
+        self._refreshed = bool(state["refreshed"])
+        self.rng.bit_generator.state = state["rng"]
+        for slot, saved in zip(self._slots, state["slots"]):
+            slot.window.load_state_dict(saved["window"])
+            slot.factor.copy_(saved["factor"])
+            slot.te = np.array(saved["te"], np.float64)
 
     def close(self) -> None:
         for hook in self._hooks:

@@ -93,3 +93,31 @@ class SlidingPairTE:
     def te(self) -> np.ndarray:
         """(P,) TE in bits of each pair over the current window (zeros while empty)."""
         return engine.te_from_counts(self._total, self.pairs)
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        """Everything the window holds (ring, totals, slot, carried samples), for checkpoints."""
+        total = self._total
+        return {
+            "ring_n": self._ring_n.copy(), "ring_target": self._ring_target.copy(),
+            "ring_source": self._ring_source.copy(), "ring_pair": self._ring_pair.copy(),
+            "total_n": int(total.n), "total_target": total.target.copy(), "total_source": total.source.copy(),
+            "total_pair": total.pair.copy(), "slot": self._slot,
+            "carry_src": self._carry_src.copy(), "carry_tgt": self._carry_tgt.copy(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict of a window with the same pairs, sizes and delay."""
+        for name in ("ring_n", "ring_target", "ring_source", "ring_pair"):
+            ring = getattr(self, f"_{name}")
+            if state[name].shape != ring.shape:
+                raise ValueError(f"window state {name} has shape {state[name].shape}, expected {ring.shape}")
+            ring[...] = state[name]
+        self._total = engine.TripleCounts(
+            int(state["total_n"]),
+            np.array(state["total_target"], np.int64),
+            np.array(state["total_source"], np.int64),
+            np.array(state["total_pair"], np.int64),
+        )
+        self._slot = int(state["slot"])
+        self._carry_src = np.array(state["carry_src"], np.uint8)
+        self._carry_tgt = np.array(state["carry_tgt"], np.uint8)
