@@ -65,7 +65,7 @@ def export_model(engine, run_id: int, folder: Path) -> tuple[Path, Path]:
     if not folder.parent.is_dir():
         raise UserError(f"--output folder {shown(folder.parent)} does not exist; create it or pass another path")
     for path in (weights, about):
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise UserError(f"{shown(path)} exists already; pass another --output folder")
     with Session(engine) as session:
         run = session.get(Run, run_id) if 1 <= run_id < 2**31 else None

@@ -129,7 +129,8 @@ def run(
                 raise UserError(
                     f"--resume continues run {resume} with its recorded configuration; leave out {_option_name(fixed[0])}"
                 )
-            _run(None, db, data_dir, device, threads, resume)
+            given = lambda name: getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"  # noqa: E731
+            _run(None, db, data_dir, device if given("device") else None, threads, resume)
             return
         if dataset is None:
             raise UserError("--dataset is required (or --resume RUN_ID to continue a run)")

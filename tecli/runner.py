@@ -43,6 +43,10 @@ class RunFailed(Exception):
         self.run_id = run_id
 
 
+class WrongDataCopy(Exception):
+    """A resumed run would continue on another copy of its data set than its epochs so far read."""
+
+
 class RunInterrupted(Exception):
     """Ctrl-C or SIGTERM; the run is recorded as interrupted."""
 
@@ -155,6 +159,9 @@ def record_training(
             raise unwritable(error) from None
         except RunTakenOver:
             raise
+        except WrongDataCopy as error:
+            finish(RunStatus.INTERRUPTED, str(error))
+            raise RunFailed(attempt.run_id, str(error)) from None
         except UserError as error:
             finish(RunStatus.FAILED, str(error))
             raise RunFailed(attempt.run_id, shown(str(error))) from None
@@ -181,7 +188,6 @@ def run_claimed(
     then set up and train; with resume, an interrupted run of the key continues from its
     checkpoint. Raises ClaimRefused when the key is taken; a set-up error is recorded as
     a failed run (RunFailed). on_start(run id, epochs already done)."""
-    from tecli.checkpoint import loads
     from tecli.conditions import current_conditions
     from tecli.db.recording import claim_run, set_data_copy
 
@@ -189,11 +195,17 @@ def run_claimed(
         engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
     )
     if on_start:
-        on_start(attempt.run_id, loads(attempt.checkpoint)["epoch"] if attempt.checkpoint else 0)
+        on_start(attempt.run_id, attempt.epochs_done)
 
     def setup() -> Training:
         prepared = prepare(spec, data_dir, device, checkpoint=attempt.checkpoint)
-        set_data_copy(engine, attempt, prepared.data.copy)
+        if attempt.checkpoint is None:
+            set_data_copy(engine, attempt, prepared.data.copy)
+        elif attempt.data_copy not in (None, prepared.data.copy):
+            raise WrongDataCopy(
+                f"run {attempt.run_id} read {attempt.data_copy}, but this worker finds {prepared.data.copy}; "
+                "it stays interrupted for a worker with that copy (or --restart)"
+            )
         return prepared.training
 
     record_training(engine, attempt, setup, on_epoch)
@@ -204,7 +216,7 @@ def run_one(
     spec: RunSpec | None,
     db: str | None,
     data_dir: Path | None,
-    device: str,
+    device: str | None,
     threads: int | None,
     resume: int | None = None,
 ) -> int:
@@ -223,17 +235,19 @@ def run_one(
 
     database_url(db, must_exist=resume is not None)
     Lease.from_env()
-    device = configure(device, threads)
-    conditions = current_conditions(device)
     engine = None
     done = 0
     if resume is not None:
         engine = open_database(db, create=False)
-        try:
-            target = check_resumable(engine, resume, conditions)
+        try:  # the refusals depend on the code version, which does not depend on the device
+            target = check_resumable(engine, resume, current_conditions("cpu"))
         except ResumeRefused as refused:
             raise UserError(str(refused)) from None
         spec, done = RunSpec.from_dict(target.config), target.epoch
+        device = device or target.device  # by default where it ran before, so it continues bit for bit
+        threads = threads or target.threads
+    device = configure(device or "cpu", threads)
+    conditions = current_conditions(device)
     console = Console()
     progress = _progress(console)
     task = progress.add_task("train", total=None, epoch=done + 1, epochs=spec.epochs)
@@ -251,10 +265,13 @@ def run_one(
         if target.data_copy not in (None, data.copy):
             raise UserError(f"run {resume} read {target.data_copy}, but here the data set is {data.copy}; pass --data-dir")
         try:
-            attempt = resume_run(engine, resume, conditions)
+            prepared.training.load_state_dict(loads(target.checkpoint))
+        except Exception as error:  # a damaged row, or one weights-only loading refuses
+            raise UserError(f"run {resume}'s checkpoint cannot be loaded ({type(error).__name__}: {shown(error)}); start it over") from None
+        try:
+            attempt = resume_run(engine, resume, conditions, from_epoch=target.epoch)
         except ResumeRefused as refused:  # changed since the look above
             raise UserError(str(refused)) from None
-        prepared.training.load_state_dict(loads(attempt.checkpoint))
         started = f"run {attempt.run_id} resumed after epoch {prepared.training.epoch}"
     else:
         engine = open_database(db)

@@ -65,7 +65,7 @@ def list_runs(
 
 ATTEMPT_FIELDS = (
     "number", "first_epoch", "status", "started_at", "ended_at", "host", "pid", "device", "gpu_name", "threads",
-    "cpu_model", "code_version",
+    "cpu_model", "code_version", "error",
 )  # fmt: skip
 
 

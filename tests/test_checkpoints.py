@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from recorded import epoch_result, record_run
 from tecli.checkpoint import dumps, loads
 from tecli.cli import app
+from tecli.conditions import current_conditions
+from tecli.db.recording import claim_run, finish_run, record_epoch
 from tecli.data import load_dataset
 from tecli.db.schema import Checkpoint, Epoch, Run, RunAttempt, RunStatus
 from tecli.db.store import create_db_engine, open_database
@@ -223,3 +225,21 @@ def test_a_killed_sweep_resumes_its_run_by_default_and_restarts_it_when_asked(tm
     else:
         assert runs == [(1, "completed")]
         assert rows(db, 1)[: len(done)] == done and len(rows(db, 1)) == 150
+
+
+def test_retry_failed_starts_a_failed_run_over_instead_of_resuming_it(tmp_path):
+    db = str(tmp_path / "f.db")
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(SWEEP.replace("epochs = 150", "epochs = 2"))
+    engine = open_database(db)
+    spec = RunSpec(dataset="digits", seed=0, epochs=2, variant="baseline")
+    attempt = claim_run(engine, spec, current_conditions("cpu"))  # the sweep's key, failed after epoch 1
+    record_epoch(engine, attempt, epoch_result(1), dumps({"epoch": 1}))
+    finish_run(engine, attempt, RunStatus.FAILED, "diverged")
+    assert "1 runs: 1 failed" in invoke("sweep", sweep_file, "--dry-run", "--db", db).output
+    result = invoke("sweep", sweep_file, "--retry-failed", "--threads", 1, "--db", db)
+    assert result.exit_code == 0, result.output
+    with Session(open_database(db)) as session:
+        runs = session.execute(select(Run.id, Run.status).order_by(Run.id)).all()
+        assert session.get(Checkpoint, 1) is None  # started over: the failed run's state is dropped
+    assert runs == [(1, "failed"), (2, "completed")] and len(rows(db, 2)) == 2

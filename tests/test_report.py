@@ -24,12 +24,14 @@ import json
 import math
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from recorded import TEST_CONDITIONS, record_run
 from tecli.cli import app
-from tecli.db.schema import RunStatus
+from tecli.db.schema import Run, RunAttempt, RunStatus
 from tecli.db.store import open_database
 from tecli.epoch import EpochResult
 from tecli.spec import RunSpec, TEConfig
@@ -359,6 +361,24 @@ def test_one_run_on_other_code_makes_its_group_epochs_only(tmp_path):
     mixed = json.loads(report(db, "--format", "json", "--mixed-conditions"))
     assert_usps_te_seconds_as_before(groups_of(mixed)["usps", "te"])
     assert "Seconds compare runs that differ in code_version (src:0ther, src:test) (--mixed-conditions)" in mixed["statements"][1]
+
+
+def test_a_run_resumed_on_other_threads_mixes_its_group(tmp_path):
+    """A TE run whose second attempt ran on 2 threads measured its epochs under both."""
+    db = fill(tmp_path)
+    engine = open_database(db[0])
+    with Session(engine) as session, session.begin():
+        te_seed_3 = session.scalar(select(Run.id).where(Run.variant == "te", Run.seed == 3, Run.dataset == "usps"))
+        first = session.scalars(select(RunAttempt).where(RunAttempt.run_id == te_seed_3)).one()
+        session.add(RunAttempt(
+            run_id=te_seed_3, number=2, first_epoch=2, status="completed", started_at=first.started_at, host="h",
+            pid=1, device="cpu", threads=2, cpu_model="test cpu", code_version="src:test",
+        ))  # fmt: skip
+    te = groups_of(json.loads(report(db, "--format", "json")))["usps", "te"]
+    assert te["mixed_conditions"] == "threads (1, 1 + 2)"
+    assert all(te[column] is None for column in SECONDS)
+    assert_usps_te_numbers_as_before(te)
+    assert "threads" in report(db)  # the terminal tables too
 
 
 def test_an_old_row_without_conditions_in_the_baseline(tmp_path):

@@ -34,7 +34,7 @@ from datetime import datetime
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -84,6 +84,8 @@ class Attempt:
     owner: str
     code_version: str = ""
     checkpoint: bytes | None = None  # None: training starts at epoch 1
+    data_copy: str | None = None  # a resumed run's: the copy of the data its epochs so far read
+    epochs_done: int = 0  # a resumed run's: the epoch its checkpoint holds
 
 
 def _new_run(spec: RunSpec, conditions: Conditions, owner: Owner, lease: Lease, sweep_id, data_copy) -> Run:
@@ -176,7 +178,7 @@ def _continue(session: Session, run: Run, version: int, conditions: Conditions, 
         raise _Lost
     number = session.scalar(select(func.max(RunAttempt.number)).where(RunAttempt.run_id == run.id)) or 0
     session.add(_new_attempt(run.id, number + 1, checkpoint.epoch + 1, owner, conditions, now))
-    return Attempt(run.id, owner.token, conditions.code_version, checkpoint.state)
+    return Attempt(run.id, owner.token, conditions.code_version, checkpoint.state, run.data_copy, checkpoint.epoch)
 
 
 def _resumable(session: Session, run: Run, conditions: Conditions) -> bool:
@@ -226,8 +228,10 @@ def claim_run(
             )
             if done is not None:
                 raise ClaimRefused(key, done, RunStatus.COMPLETED, "")
-        if resume and holder is not None and holder.status != RunStatus.COMPLETED and _resumable(session, holder, conditions):
+        if resume and holder is not None and holder.status == RunStatus.INTERRUPTED and _resumable(session, holder, conditions):
             return _continue(session, holder, version, conditions, owner, lease, now)
+        if holder is not None and holder.status != RunStatus.COMPLETED:  # started over: its state is of no more use
+            session.execute(delete(Checkpoint).where(Checkpoint.run_id == holder.id))
         run = _new_run(spec, conditions, owner, lease, sweep_id, data_copy)
         run.started_at = run.heartbeat_at = now
         session.add(run)
@@ -251,6 +255,9 @@ class Resumable:
     config: dict
     data_copy: str | None
     epoch: int
+    checkpoint: bytes
+    device: str  # the last attempt's: a resume continues on the same device and threads by default
+    threads: int | None
 
 
 def _resume_target(session: Session, run_id: int, conditions: Conditions, owner: Owner, now) -> tuple[Run, Checkpoint, int]:
@@ -287,12 +294,18 @@ def check_resumable(engine: Engine, run_id: int, conditions: Conditions) -> Resu
     with Session(engine) as session:
         try:
             run, checkpoint, _ = _resume_target(session, run_id, conditions, current_owner(), _now(session))
-            return Resumable(run.config, run.data_copy, checkpoint.epoch)
+            last = session.scalars(
+                select(RunAttempt).where(RunAttempt.run_id == run_id).order_by(RunAttempt.number.desc()).limit(1)
+            ).first()
+            device, threads = (last.device, last.threads) if last else (run.device, run.threads)
+            return Resumable(run.config, run.data_copy, checkpoint.epoch, checkpoint.state, device, threads)
         finally:
             session.rollback()
 
 
-def resume_run(engine: Engine, run_id: int, conditions: Conditions, lease: Lease | None = None) -> Attempt:
+def resume_run(
+    engine: Engine, run_id: int, conditions: Conditions, lease: Lease | None = None, from_epoch: int | None = None
+) -> Attempt:
     """`tecli run --resume`: continue run `run_id` from its checkpoint as a new attempt of this
     process. ResumeRefused for a completed or live run, a run without a checkpoint, one whose
     checkpoint other code wrote, or one whose key a newer run holds."""
@@ -300,7 +313,9 @@ def resume_run(engine: Engine, run_id: int, conditions: Conditions, lease: Lease
     lease = lease or Lease.from_env()
 
     def take(session: Session, now) -> Attempt:
-        run, _, version = _resume_target(session, run_id, conditions, owner, now)
+        run, checkpoint, version = _resume_target(session, run_id, conditions, owner, now)
+        if from_epoch is not None and checkpoint.epoch != from_epoch:
+            raise ResumeRefused(f"run {run_id} moved on to epoch {checkpoint.epoch} meanwhile; resume it again")
         return _continue(session, run, version, conditions, owner, lease, now)
 
     return _retrying(engine, f"resume run {run_id}", take)
@@ -335,10 +350,10 @@ def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult, checkpoi
         now = _now(session)
         _fenced(session, attempt, heartbeat_at=now)
         session.add(Epoch(run_id=attempt.run_id, **values))
-        if checkpoint is not None:
-            session.merge(
-                Checkpoint(run_id=attempt.run_id, epoch=result.epoch, state=checkpoint, code_version=attempt.code_version, saved_at=now)
-            )
+        if checkpoint is not None:  # replace the run's checkpoint (without reading the old one back)
+            values = dict(epoch=result.epoch, state=checkpoint, code_version=attempt.code_version, saved_at=now)
+            if not session.execute(update(Checkpoint).where(Checkpoint.run_id == attempt.run_id).values(**values)).rowcount:
+                session.add(Checkpoint(run_id=attempt.run_id, **values))
 
 
 def finish_run(engine: Engine, attempt: Attempt, status: RunStatus, error: str | None = None) -> bool:
@@ -349,29 +364,30 @@ def finish_run(engine: Engine, attempt: Attempt, status: RunStatus, error: str |
             update(Run).where(_owned(attempt)).values(status=status, error=error, finished_at=now, heartbeat_at=now)
         ).rowcount
         if changed:
-            _end_attempts(session, attempt.run_id, status, now)
+            _end_attempts(session, attempt.run_id, status, now, error)
     return changed == 1
 
 
-def _end_attempts(session: Session, run_id: int, status: RunStatus, now) -> None:
+def _end_attempts(session: Session, run_id: int, status: RunStatus, now, error: str | None) -> None:
     session.execute(
         update(RunAttempt)
         .where(RunAttempt.run_id == run_id, RunAttempt.status == RunStatus.RUNNING)
-        .values(status=status, ended_at=now)
+        .values(status=status, ended_at=now, error=error)
     )
 
 
-def fail_running(engine: Engine, run_id: int, error: str) -> bool:
-    """Mark a run failed from outside its process (its worker died silently), if still running."""
+def fail_running(engine: Engine, run_id: int, pid: int, error: str) -> bool:
+    """Mark a run failed from outside its process (its worker, `pid` on this host, died
+    silently), if that process still holds it: another may have resumed it meanwhile."""
     with Session(engine) as session, session.begin():
         now = _now(session)
         changed = session.execute(
             update(Run)
-            .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+            .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.pid == pid, Run.host == current_owner().host)
             .values(status=RunStatus.FAILED, error=error, finished_at=now)
         ).rowcount
         if changed:
-            _end_attempts(session, run_id, RunStatus.FAILED, now)
+            _end_attempts(session, run_id, RunStatus.FAILED, now, error)
     return changed == 1
 
 
@@ -415,7 +431,7 @@ def _mark_interrupted(session: Session, run_id: int, heartbeat_at) -> bool:
         .values(status=RunStatus.INTERRUPTED, finished_at=now, error=DEAD_MESSAGE)
     ).rowcount
     if changed:
-        _end_attempts(session, run_id, RunStatus.INTERRUPTED, now)
+        _end_attempts(session, run_id, RunStatus.INTERRUPTED, now, DEAD_MESSAGE)
     return bool(changed)
 
 

@@ -146,6 +146,7 @@ class RunAttempt(Base):
     threads: Mapped[int | None] = mapped_column(Integer)
     cpu_model: Mapped[str | None] = mapped_column(String(200))
     code_version: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)  # why it ended, when not completed
 
 
 class Checkpoint(Base):

@@ -157,7 +157,8 @@ def condition_keys(runs: pd.DataFrame) -> list[tuple]:
 def _distinct(keys: set[tuple], index: int) -> list[str]:
     """The distinct values of one condition among `keys` (NULL is one value), as text, in order:
     numbers by value, unknown last."""
-    unique = sorted({k[index] for k in keys}, key=lambda v: (v is None, 0 if v is None else v))
+    # numbers before text (a resumed run's "1 + 2"), each in order; unknown last
+    unique = sorted({k[index] for k in keys}, key=lambda v: (v is None, isinstance(v, str), v if isinstance(v, (int, float)) else str(v)))
     devices = {k[DEVICE] for k in keys if k[GPU] is None} if index == GPU else ()
     return [condition_text(CONDITION_FIELDS[index], v, devices) for v in unique]
 

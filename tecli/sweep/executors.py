@@ -94,15 +94,15 @@ class LocalProcesses:
             except queue.Empty:
                 pass
 
-        def died(task: Task, exitcode: int) -> None:
+        def died(task: Task, process) -> None:
             """A worker that ended without a word (OOM kill, segfault): its run failed."""
-            message = f"worker died (exit code {exitcode})"
+            message = f"worker died (exit code {process.exitcode})"
             run_id = run_ids.get(task.index)
             if run_id is not None:
                 from tecli.db.recording import fail_running
                 from tecli.db.store import create_db_engine
 
-                fail_running(create_db_engine(task.db_url), run_id, message)
+                fail_running(create_db_engine(task.db_url), run_id, process.pid, message)
             report(Event(task.index, "finished", run_id=run_id, status="failed", message=message))
 
         by_index = {task.index: task for task in tasks}
@@ -136,7 +136,7 @@ class LocalProcesses:
                     if process.exitcode is not None:
                         drain(0.5)  # its last events may still be in the pipe
                         if index not in finished:
-                            died(by_index[index], process.exitcode)
+                            died(by_index[index], process)
                         del running[index]
         except BaseException:  # Ctrl-C, SIGTERM, or the database failing in this process
             for process in running.values():

@@ -82,6 +82,7 @@ def upgrade() -> None:
     sa.Column('threads', sa.Integer(), nullable=True),
     sa.Column('cpu_model', sa.String(length=200), nullable=True),
     sa.Column('code_version', sa.String(length=100), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('run_id', 'number')
@@ -94,8 +95,8 @@ def upgrade() -> None:
         "SELECT run_key, id, 1, started_at FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY run_key)"
     )
     op.execute(
-        "INSERT INTO attempts (run_id, number, first_epoch, status, started_at, ended_at, host, pid, device, threads) "
-        "SELECT id, 1, 1, status, started_at, finished_at, host, pid, device, threads FROM runs"
+        "INSERT INTO attempts (run_id, number, first_epoch, status, started_at, ended_at, host, pid, device, threads, error) "
+        "SELECT id, 1, 1, status, started_at, finished_at, host, pid, device, threads, error FROM runs"
     )
 
 
