@@ -7,7 +7,6 @@ commands that need them, so `tecli --help` starts fast.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -194,49 +193,27 @@ def sweep(
             raise UserError(f"--workers must be >= 1, got {workers}")
         from rich.console import Console
 
-        from sqlalchemy.exc import DBAPIError
-
-        from tecli.db.store import database_url, describe, first_line, open_database
-        from tecli.runner import configure, sigterm_as_interrupt
-        from tecli.sweep.executors import LocalProcesses, Task
-        from tecli.sweep.plan import plan, register
         from tecli.sweep.display import SweepProgress, plan_counts, plan_table
-        from tecli.sweep.file import load_sweep
+        from tecli.sweep.run import SweepDatabaseError, plan_sweep, run_sweep
 
-        from tecli.db.liveness import Lease
-
-        spec = load_sweep(file)
-        url = database_url(db)
-        Lease.from_env()
-        configure(device, threads)  # check device and threads before anything is recorded
-        engine = open_database(url)
-        planned = plan(engine, spec, retry_failed, resume=not restart)
+        planned = plan_sweep(file, db, retry_failed=retry_failed, restart=restart, device=device, threads=threads)
         console = Console()
+        name, counts_line = planned.spec.name, plan_counts(planned.planned)
         if dry_run:
-            console.print(plan_table(planned))
-            console.print(f"sweep {spec.name}: {plan_counts(planned)}")
+            console.print(plan_table(planned.planned))
+            console.print(f"sweep {name}: {counts_line}")
             return
-        console.print(f"sweep {spec.name}: {plan_counts(planned)}; {workers} worker(s)")
-        sweep_id = register(engine, spec)
-        to_run = [p for p in planned if p.state in ("to run", "resume")]
-        per_run_threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        tasks = [
-            Task(i, p.spec, url, sweep_id, data_dir, device, per_run_threads, retry_failed, resume=not restart)
-            for i, p in enumerate(to_run)
-        ]
-        display = SweepProgress(console, to_run)
-        interrupted = False
-        with sigterm_as_interrupt(), display:
+        console.print(f"sweep {name}: {counts_line}; {workers} worker(s)")
+        display = SweepProgress(console, planned.to_run)
+        with display:
             try:
-                LocalProcesses(workers).run(tasks, display.report)
-            except KeyboardInterrupt:
-                interrupted = True
-            except DBAPIError as error:  # the database went away mid-sweep: the workers were stopped
-                typer.echo(f"error: cannot use the database {describe(url)}: {first_line(error.orig)}", err=True)
+                result = run_sweep(planned, workers=workers, data_dir=data_dir, on_event=display.report)
+            except SweepDatabaseError as error:  # the workers were stopped
+                typer.echo(f"error: {error}", err=True)
                 raise typer.Exit(1) from None
-        line, counts = display.summary(skipped=len(planned) - len(to_run))
+        line, counts = display.summary(skipped=len(planned.planned) - len(planned.to_run))
         console.print(line)
-    if interrupted:
+    if result.interrupted:
         typer.echo("sweep interrupted; run the same command again to resume", err=True)
         raise typer.Exit(130)
     if counts["failed"] or counts["interrupted"]:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tecli.cli import app
+from tecli.errors import UserError
 from tecli.db.schema import Run, Sweep
 from tecli.db.store import create_db_engine, open_database
 from tecli.sweep.file import load_sweep
@@ -216,3 +217,19 @@ def test_sigterm_stops_the_sweep_marks_runs_interrupted_and_the_rerun_resumes(tm
     with Session(open_database(db)) as session:
         completed = session.scalars(select(Run.run_key).where(Run.status == "completed")).all()
     assert sorted(completed) == sorted(spec.run_key() for spec in load_sweep(sweep_file).runs)
+
+
+def test_a_sweep_is_a_library_call(tmp_path):
+    """What `tecli sweep` does, from Python: plan, run, and plan again (everything done)."""
+    from tecli.sweep.run import plan_sweep, run_sweep
+
+    sweep_file, db = write(tmp_path, epochs=1), tmp_path / "lib.db"
+    planned = plan_sweep(sweep_file, db, threads=1)
+    assert [p.state for p in planned.planned] == ["to run"] * 4
+    events = []
+    result = run_sweep(planned, workers=2, on_event=events.append)
+    assert result.counts() == {"completed": 4} and not result.interrupted
+    assert sorted(e.kind for e in events).count("epoch") == 4
+    assert [p.state for p in plan_sweep(sweep_file, db).planned] == ["done"] * 4
+    with pytest.raises(UserError, match="--workers must be >= 1, got 0"):
+        run_sweep(planned, workers=0)
