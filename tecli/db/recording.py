@@ -399,7 +399,6 @@ class Heartbeat:
         self._attempt = attempt
         self._interval = interval or Lease.from_env().heartbeat_seconds
         self._stop = threading.Event()
-        self.lost = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{attempt.run_id}", daemon=True)
 
     def _beat(self) -> None:
@@ -408,8 +407,7 @@ class Heartbeat:
                 with Session(self._engine) as session, session.begin():
                     beat = update(Run).where(_owned(self._attempt)).values(heartbeat_at=_now(session))
                     if session.execute(beat).rowcount == 0:
-                        self.lost.set()  # declared dead and taken over: record_epoch will refuse
-                        return
+                        return  # declared dead and taken over: the next record_epoch refuses and stops the run
             except SQLAlchemyError:
                 pass  # a busy or unreachable database must not end the beat; the next one tries again
 
