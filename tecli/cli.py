@@ -176,38 +176,51 @@ def _run(spec: RunSpec | None, db, data_dir, device, threads, resume: int | None
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Sweep file, e.g. experiments.toml."),
-    workers: int = typer.Option(1, help="Runs trained in parallel, each in its own process."),
+    workers: Optional[int] = typer.Option(
+        None, help="Runs trained at once: local, worker processes (default 1); ray, a cap (default: what the cluster fits)."
+    ),
+    executor: str = typer.Option("local", help="local (processes on this machine) or ray (a Ray cluster; pip install 'tecli[ray]')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 10.0.0.1:6379 or auto (default: $RAY_ADDRESS, else a cluster of this machine)."),
+    gpus_per_run: Optional[float] = typer.Option(None, help="GPUs each run needs with --executor ray --device cuda; fractions share a GPU (default 1)."),
+    stall_timeout: Optional[float] = typer.Option(
+        None, help="Local executor: a run without progress for this many seconds is failed and its worker replaced (default 900)."
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun runs whose last attempt failed."),
     restart: bool = typer.Option(
         False, "--restart", help="Start interrupted runs over from epoch 1 instead of resuming them from their checkpoints."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (done / to run) and train nothing."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads per run (default: cores / workers)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads per run (default: local, cores / workers; ray, 1)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     db: Optional[str] = _db_option(),
 ) -> None:
     """Run a grid of data sets x seeds x variants; completed runs are skipped, so rerunning resumes."""
     with _user_errors():
-        if workers < 1:
-            raise UserError(f"--workers must be >= 1, got {workers}")
         from rich.console import Console
 
         from tecli.sweep.display import SweepProgress, plan_counts, plan_table
-        from tecli.sweep.run import SweepDatabaseError, plan_sweep, run_sweep
+        from tecli.sweep.run import SweepDatabaseError, make_executor, plan_sweep, run_sweep
 
-        planned = plan_sweep(file, db, retry_failed=retry_failed, restart=restart, device=device, threads=threads)
+        runner = make_executor(
+            executor, workers=workers, address=address, gpus_per_run=gpus_per_run, device=device, stall_timeout=stall_timeout
+        )
+        if not dry_run:
+            runner.start()  # a cluster that cannot be reached is a mistake: before anything is written
+        planned = plan_sweep(
+            file, db, retry_failed=retry_failed, restart=restart, device=device, threads=threads, trains_here=executor == "local"
+        )
         console = Console()
         name, counts_line = planned.spec.name, plan_counts(planned.planned)
         if dry_run:
             console.print(plan_table(planned.planned))
             console.print(f"sweep {name}: {counts_line}")
             return
-        console.print(f"sweep {name}: {counts_line}; {workers} worker(s)")
+        console.print(f"sweep {name}: {counts_line}; {runner.describe()}")
         display = SweepProgress(console, planned.to_run)
         with display:
             try:
-                result = run_sweep(planned, workers=workers, data_dir=data_dir, on_event=display.report)
+                result = run_sweep(planned, executor=runner, data_dir=data_dir, on_event=display.report)
             except SweepDatabaseError as error:  # the workers were stopped
                 typer.echo(f"error: {error}", err=True)
                 raise typer.Exit(1) from None

@@ -9,10 +9,8 @@ set-up errors as a failed run. SIGTERM is handled like Ctrl-C: the run is marked
 
 from __future__ import annotations
 
-import signal
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +21,7 @@ from rich.table import Table
 
 from tecli.errors import UserError, shown
 from tecli.spec import RunSpec
+from tecli.stopping import shielded, stop_signals
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -55,14 +54,15 @@ class RunInterrupted(Exception):
         self.run_id = run_id
 
 
-def configure(device: str, threads: int | None) -> str:
-    """Check the device and set torch's and numba's CPU threads; return the torch device."""
+def configure(device: str, threads: int | None, here: bool = True) -> str:
+    """Check the device (with here=False only its name: a cluster's workers train) and set
+    torch's and numba's CPU threads; return the torch device."""
     import numba
     import torch
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"--device must be cpu or cuda, got {shown(device)!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if here and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
     if threads is not None:
         if not 1 <= threads <= MAX_THREADS:
@@ -70,19 +70,6 @@ def configure(device: str, threads: int | None) -> str:
         torch.set_num_threads(threads)
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return device
-
-
-@contextmanager
-def sigterm_as_interrupt():
-    """Within the block SIGTERM raises KeyboardInterrupt, so both stop a run the same way."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -134,7 +121,8 @@ def record_training(
 
     def finish(status: RunStatus, error: str) -> None:
         try:
-            finish_run(engine, attempt, status, error)
+            with shielded():
+                finish_run(engine, attempt, status, error)
         except DBAPIError:
             pass  # left `running`; liveness marks it interrupted later
 
@@ -143,15 +131,17 @@ def record_training(
         finish(RunStatus.FAILED, message)
         return RunFailed(attempt.run_id, message)
 
-    with Heartbeat(engine, attempt), sigterm_as_interrupt():
+    with Heartbeat(engine, attempt), stop_signals():
         try:
             training = setup()
             for result in training:
-                record_epoch(engine, attempt, result, dumps(training.state_dict()))
+                with shielded():  # a stop waits for the epoch's commit
+                    record_epoch(engine, attempt, result, dumps(training.state_dict()))
                 results.append(result)
                 if on_epoch:
                     on_epoch(result)
-            completed = finish_run(engine, attempt, RunStatus.COMPLETED, None)
+            with shielded():
+                completed = finish_run(engine, attempt, RunStatus.COMPLETED, None)
         except KeyboardInterrupt:
             finish(RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM")
             raise RunInterrupted(attempt.run_id, len(results)) from None
@@ -183,6 +173,7 @@ def run_claimed(
     resume: bool = True,
     on_start: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> int:
     """A sweep's run: claim the key first (so a second sweep does not load data for it),
     then set up and train; with resume, an interrupted run of the key continues from its
@@ -191,24 +182,27 @@ def run_claimed(
     from tecli.conditions import current_conditions
     from tecli.db.recording import claim_run, set_data_copy
 
-    attempt = claim_run(
-        engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
-    )
-    if on_start:
-        on_start(attempt.run_id, attempt.epochs_done)
-
-    def setup() -> Training:
-        prepared = prepare(spec, data_dir, device, checkpoint=attempt.checkpoint)
-        if attempt.checkpoint is None:
-            set_data_copy(engine, attempt, prepared.data.copy)
-        elif attempt.data_copy not in (None, prepared.data.copy):
-            raise WrongDataCopy(
-                f"run {attempt.run_id} read {attempt.data_copy}, but this worker finds {prepared.data.copy}; "
-                "it stays interrupted for a worker with that copy (or --restart)"
+    with stop_signals():  # from before the claim, so a stop never leaves the run `running`
+        with shielded():
+            attempt = claim_run(
+                engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
             )
-        return prepared.training
 
-    record_training(engine, attempt, setup, on_epoch)
+        def setup() -> Training:
+            if on_start:
+                on_start(attempt.run_id, attempt.epochs_done)
+            prepared = prepare(spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint)
+            if attempt.checkpoint is None:
+                with shielded():
+                    set_data_copy(engine, attempt, prepared.data.copy)
+            elif attempt.data_copy not in (None, prepared.data.copy):
+                raise WrongDataCopy(
+                    f"run {attempt.run_id} read {attempt.data_copy}, but this worker finds {prepared.data.copy}; "
+                    "it stays interrupted for a worker with that copy (or --restart)"
+                )
+            return prepared.training
+
+        record_training(engine, attempt, setup, on_epoch)
     return attempt.run_id
 
 

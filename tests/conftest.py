@@ -2,12 +2,19 @@
 
 import itertools
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from postgres_server import PostgresServer, find_binaries
+from sweeps import free_port
 
 POSTGRES_MISSING = "PostgreSQL binaries (initdb, pg_ctl) not found; apt-get install postgresql"
+RAY_MISSING = "Ray is not installed; pip install ray"
 
 _database_numbers = itertools.count(1)
 
@@ -45,3 +52,54 @@ def db_url(request, tmp_path) -> str:
         return str(tmp_path / "test.db")
     server = request.getfixturevalue("postgres")
     return server.create_database(f"t_{next(_database_numbers)}")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real local Ray cluster (head node, 2 CPUs, GPUs as Ray detects them) for the whole
+    session; yields its address, HOST:PORT. Skipped where Ray is not installed (a failure
+    instead when TECLI_REQUIRE_RAY=1).
+
+    `ray start --block` in its own process group: stopping it (SIGTERM) stops the Ray
+    processes it started, and only those (`ray stop` would end every Ray cluster of the user)."""
+    try:
+        import ray
+    except ImportError as error:
+        if os.environ.get("TECLI_REQUIRE_RAY") == "1":
+            pytest.fail(f"{RAY_MISSING} ({error}; TECLI_REQUIRE_RAY=1)", pytrace=False)
+        pytest.skip(f"{RAY_MISSING} ({error})")
+    port = free_port()
+    log = tmp_path_factory.mktemp("ray") / "ray-start.log"
+    command = [
+        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+        "--port", str(port), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+        "--include-dashboard=false", "--disable-usage-stats",
+    ]  # fmt: skip
+    # Ray ends idle workers beyond one per CPU, across drivers: each driver subprocess would
+    # leave this process's workers ended, and its next sweep would wait for fresh ones
+    # (torch imported, TE kernels loaded: seconds each). A few more stay warm.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_num_workers_soft_limit": "6"}
+    with log.open("w") as out:
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`ray start` did not start a cluster:\n{log.read_text()[-3000:]}", pytrace=False)
+            time.sleep(0.2)
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if head.poll() is None:
+            head.send_signal(signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait()
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # anything of the cluster's still in its process group
+        except ProcessLookupError:
+            pass

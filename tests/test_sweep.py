@@ -8,55 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
-from typer.testing import CliRunner
+from sweeps import TINY, count, invoke, sigterm_when_running, statuses, write
 
-from tecli.cli import app
-from tecli.errors import UserError
 from tecli.db.schema import Run, Sweep
-from tecli.db.store import create_db_engine, open_database
+from tecli.db.store import open_database
+from tecli.errors import UserError
 from tecli.sweep.file import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY = """
-name = "tiny"
-seeds = [0, 1]
-
-[defaults]
-epochs = {epochs}
-lr = 0.05
-
-[defaults.te]
-window = 128
-
-[datasets.digits]
-target = 0.8
-{extra}
-[variants.baseline]
-te = false
-
-[variants.te]
-te = true
-lam = 2.0
-"""
-
-
-def write(tmp_path, epochs=2, extra="", name="tiny.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(TINY.format(epochs=epochs, extra=extra))
-    return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def statuses(db) -> list[tuple[str, str, int, str]]:
-    with Session(open_database(db)) as session:
-        return session.execute(select(Run.dataset, Run.variant, Run.seed, Run.status).order_by(Run.id)).all()
-
 
 def test_tiny_sweep_completes_and_a_rerun_trains_nothing(tmp_path):
     db = tmp_path / "s.db"
@@ -115,30 +76,22 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path):
     assert "8 runs: 4 done, 4 to run" in retry.output
 
 
-def _count(db, status) -> int:
-    try:
-        with Session(create_db_engine(db)) as session:
-            return session.scalar(select(func.count()).select_from(Run).where(Run.status == status))
-    except Exception:  # no schema yet
-        return 0
-
-
 def test_sweep_killed_with_sigkill_resumes_to_one_completed_run_per_key(tmp_path):
     db = tmp_path / "k.db"
     sweep_file = write(tmp_path, epochs=25)
     command = [sys.executable, "-m", "tecli", "sweep", str(sweep_file), "--workers", "2", "--db", str(db)]
     sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
-    while _count(db, "completed") < 1 or _count(db, "running") < 1:
+    while count(db, "completed") < 1 or count(db, "running") < 1:
         assert sweep.poll() is None and time.monotonic() < deadline, "sweep ended before it could be killed"
         time.sleep(0.1)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     deadline = time.monotonic() + 60  # orphaned workers get SIGTERM and record themselves interrupted
-    while _count(db, "running") > 0:
+    while count(db, "running") > 0:
         assert time.monotonic() < deadline, "workers kept running after the sweep was killed"
         time.sleep(0.1)
-    assert _count(db, "interrupted") >= 1
+    assert count(db, "interrupted") >= 1
 
     result = invoke("sweep", sweep_file, "--workers", "2", "--db", db)
     assert result.exit_code == 0, result.output
@@ -197,20 +150,14 @@ def test_sigterm_stops_the_sweep_marks_runs_interrupted_and_the_rerun_resumes(tm
     db = tmp_path / "t.db"
     sweep_file = write(tmp_path, epochs=25)
     command = [sys.executable, "-m", "tecli", "sweep", str(sweep_file), "--workers", "2", "--db", str(db)]
-    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while _count(db, "running") < 2:
-        assert sweep.poll() is None and time.monotonic() < deadline, "the sweep did not start its runs"
-        time.sleep(0.1)
-    sweep.send_signal(signal.SIGTERM)
-    stdout, stderr = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130, stderr
+    code, stdout, stderr = sigterm_when_running(command, db)
+    assert code == 130, stderr
     assert "sweep interrupted; run the same command again to resume" in stderr
     assert "Traceback" not in stderr + stdout
     # both runs that were training stopped: interrupted, unless one had just finished its last epoch
-    assert _count(db, "running") == 0 and _count(db, "interrupted") >= 1
-    assert _count(db, "interrupted") + _count(db, "completed") >= 2
-    assert _count(db, "completed") + _count(db, "interrupted") == len(statuses(db))
+    assert count(db, "running") == 0 and count(db, "interrupted") >= 1
+    assert count(db, "interrupted") + count(db, "completed") >= 2
+    assert count(db, "completed") + count(db, "interrupted") == len(statuses(db))
 
     result = invoke("sweep", sweep_file, "--workers", "2", "--db", db)
     assert result.exit_code == 0, result.output

@@ -88,13 +88,17 @@ def _pid_namespace() -> str | None:
         return None
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields from the state on (field 3 is [0]); None if gone or unknown."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[1].split() if stat is not None and ")" in stat else None
+
+
 def process_started(pid: int) -> int | None:
     """A process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if gone or unknown."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
+    fields = _stat(pid)
     try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
@@ -118,13 +122,19 @@ def current_owner() -> Owner:
 
 
 def process_alive(pid: int, pid_started: int | None) -> bool:
-    """Is this exact process still there? A pid reused by a later process does not count."""
+    """Is this exact process still there? A pid reused by a later process does not count,
+    nor a zombie (killed, not yet reaped by its parent)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc here: the signal's answer is all we know
+    if fields[0] in ("Z", "X"):
+        return False
     if pid_started is None:
         return True
     now = process_started(pid)

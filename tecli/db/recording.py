@@ -376,18 +376,19 @@ def _end_attempts(session: Session, run_id: int, status: RunStatus, now, error: 
     )
 
 
-def fail_running(engine: Engine, run_id: int, pid: int, error: str) -> bool:
-    """Mark a run failed from outside its process (its worker, `pid` on this host, died
-    silently), if that process still holds it: another may have resumed it meanwhile."""
+def end_running(engine: Engine, run_id: int, pid: int, status: RunStatus, error: str) -> bool:
+    """End a run from outside its process (its worker, `pid` on this host, died or hung and
+    was killed, or was stopped without saying so), if that process still holds it: another
+    may have resumed it meanwhile."""
     with Session(engine) as session, session.begin():
         now = _now(session)
         changed = session.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == RunStatus.RUNNING, Run.pid == pid, Run.host == current_owner().host)
-            .values(status=RunStatus.FAILED, error=error, finished_at=now)
+            .values(status=status, error=error, finished_at=now)
         ).rowcount
         if changed:
-            _end_attempts(session, run_id, RunStatus.FAILED, now, error)
+            _end_attempts(session, run_id, status, now, error)
     return changed == 1
 
 

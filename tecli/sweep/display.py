@@ -58,9 +58,13 @@ class SweepProgress:
         planned = self.to_run[event.index]
         if event.kind == "started":
             resumed = f" (resumed after epoch {event.epoch})" if event.epoch else ""
-            self.lines[event.index] = self.progress.add_task(
-                f"  run {event.run_id} {planned.label}{resumed}", total=planned.spec.epochs, completed=event.epoch or 0
-            )
+            description = f"  run {event.run_id} {planned.label}{resumed}"
+            if event.index in self.lines:  # started again: a cluster retried it after its worker died
+                self.progress.update(self.lines[event.index], description=description, completed=event.epoch or 0)
+            else:
+                self.lines[event.index] = self.progress.add_task(
+                    description, total=planned.spec.epochs, completed=event.epoch or 0
+                )
         elif event.kind == "epoch" and event.index in self.lines:
             self.progress.update(self.lines[event.index], completed=event.epoch)
         elif event.kind == "finished":

@@ -5,7 +5,7 @@ these two and prints; a Python user calls them directly:
     from tecli.sweep.run import plan_sweep, run_sweep
 
     sweep = plan_sweep("experiments.toml", db="tecli.db")
-    result = run_sweep(sweep, workers=2)
+    result = run_sweep(sweep, workers=2)  # or executor=RayCluster(address="auto")
     print(result.counts())
 """
 
@@ -21,7 +21,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tecli.errors import UserError
-from tecli.sweep.executors import Event, Executor, LocalProcesses, Task
+from tecli.sweep.executors import Event, Executor, Task
+from tecli.sweep.local import STALL_TIMEOUT, LocalPool
 from tecli.sweep.file import SweepSpec
 from tecli.sweep.plan import PlannedRun
 
@@ -68,9 +69,11 @@ def plan_sweep(
     restart: bool = False,
     device: str = "cpu",
     threads: int | None = None,
+    trains_here: bool = True,
 ) -> SweepPlan:
     """Validate the file and the settings (UserError, before anything is written), open or
-    create the database, and plan the grid."""
+    create the database, and plan the grid. trains_here=False (a cluster trains): the
+    device is not looked for on this machine."""
     from tecli.db.liveness import Lease
     from tecli.db.store import database_url, open_database
     from tecli.runner import configure
@@ -80,31 +83,58 @@ def plan_sweep(
     spec = load_sweep(Path(file))
     url = database_url(db)
     Lease.from_env()
-    configure(device, threads)  # check device and threads before anything is recorded
+    configure(device, threads, here=trains_here)  # check device and threads before anything is recorded
     engine = open_database(url)
     planned = plan(engine, spec, retry_failed, resume=not restart)
     return SweepPlan(spec, url, engine, planned, device, threads, retry_failed, restart)
+
+
+def make_executor(
+    kind: str = "local", *, workers: int | None = None, address: str | None = None, gpus_per_run: float | None = None,
+    device: str = "cpu",
+    stall_timeout: float | None = None,
+) -> Executor:
+    """The executor `tecli sweep` options name, checked (UserError) but not yet started.
+    local: `workers` (default 1) warm processes here, a run with no progress for
+    `stall_timeout` seconds failed. ray: runs spread over a Ray cluster by the resources
+    they need, at most `workers` at a time if given."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if kind == "local":
+        if address is not None or gpus_per_run is not None:
+            raise UserError("--address and --gpus-per-run are for --executor ray; leave them out, or add --executor ray")
+        if stall_timeout is not None and not stall_timeout > 0:
+            raise UserError(f"--stall-timeout must be > 0 seconds, got {stall_timeout:g}")
+        return LocalPool(workers or 1, stall_timeout=stall_timeout or STALL_TIMEOUT)
+    if kind == "ray":
+        from tecli.sweep.ray_cluster import RayCluster
+
+        if stall_timeout is not None:
+            raise UserError("--stall-timeout is for the local executor; Ray watches its own workers")
+        return RayCluster(address=address, gpus_per_run=gpus_per_run, device=device, max_running=workers)
+    raise UserError(f"--executor must be local or ray, got {kind!r}")
 
 
 def run_sweep(
     sweep: SweepPlan,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     data_dir: str | os.PathLike | None = None,
     on_event: Callable[[Event], None] | None = None,
-    executor: Executor | None = None,
 ) -> SweepResult:
-    """Train what the plan left, `workers` runs at a time (each with cores / workers CPU
-    threads unless the plan sets threads). Ctrl-C or SIGTERM stops it cleanly (the running
-    runs record themselves interrupted); SweepDatabaseError if the database fails."""
+    """Train what the plan left on `executor` (default: a pool of `workers` processes here,
+    each run with cores / workers CPU threads unless the plan sets threads). Ctrl-C or
+    SIGTERM stops it cleanly (the running runs record themselves interrupted);
+    SweepDatabaseError if the database fails."""
     from tecli.db.store import describe, first_line
-    from tecli.runner import sigterm_as_interrupt
+    from tecli.stopping import stop_signals
     from tecli.sweep.plan import register
 
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
+    executor = executor or make_executor(workers=workers)
+    executor.start()
     sweep_id = register(sweep.engine, sweep.spec)
-    per_run_threads = sweep.threads or max(1, (os.cpu_count() or 1) // workers)
+    per_run_threads = sweep.threads or executor.default_threads()
     folder = Path(data_dir) if data_dir is not None else None
     tasks = [
         Task(i, p.spec, sweep.url, sweep_id, folder, sweep.device, per_run_threads, sweep.retry_failed, not sweep.restart)
@@ -118,9 +148,9 @@ def run_sweep(
         if on_event:
             on_event(event)
 
-    with sigterm_as_interrupt():
+    with stop_signals():
         try:
-            (executor or LocalProcesses(workers)).run(tasks, report)
+            executor.run(tasks, report)
         except KeyboardInterrupt:
             result.interrupted = True
         except DBAPIError as error:

@@ -1,0 +1,176 @@
+"""Sweep efficiency: how much of a sweep's wall time its workers spend training.
+
+Claim (issue 12): with warm workers, the local pool and Ray keep 2 workers at least
+85 % busy on 8 USPS runs x 3 epochs, where a process per run loses seconds of
+start-up (imports, kernels, interpreter teardown) on every run.
+
+    efficiency = sum of recorded epoch seconds / (wall time x workers)
+
+Executors, 2 workers (1 thread per run), on a fresh SQLite database each time:
+- per-run: the local pool retiring each worker after one run (the old design, a
+  fresh process per run: LocalPool(runs_per_process=1));
+- warm: the local pool (a worker trains run after run);
+- ray: a Ray cluster of this machine (started here, 2 CPUs, before the clock starts).
+
+Every measurement is one fresh driver process (as `tecli sweep` is), timing
+run_sweep() only: the driver's own imports are not counted, the start-up of its
+workers is. Sweeps alternate between executors (the machine is noisy); the table
+gives mean ± standard deviation over repeats. For the warm pool it also prints each
+worker's resident memory after each of its runs (it must not grow from run to run).
+
+    python benchmarks/sweep_efficiency.py [--repeats 2] [--executors per-run warm ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SWEEPS = {
+    "usps": ("usps", 3),  # 4 seeds x {baseline, te} = 8 runs
+    "digits": ("digits", 5),
+}
+FILE = """
+name = "efficiency-{dataset}"
+seeds = [0, 1, 2, 3]
+[defaults]
+epochs = {epochs}
+[defaults.te]
+window = 128
+[datasets.{dataset}]
+target = 0.9
+[variants.baseline]
+te = false
+[variants.te]
+te = true
+"""
+WORKERS = 2
+
+DRIVER = r"""
+import json, sys, time
+from pathlib import Path
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from tecli.db.schema import Epoch
+from tecli.sweep.local import LocalPool
+from tecli.sweep.run import plan_sweep, run_sweep
+
+file, db, kind, address = sys.argv[1:5]
+if kind == "ray":
+    from tecli.sweep.ray_cluster import RayCluster
+    executor = RayCluster(address=address)
+else:
+    executor = LocalPool(2, runs_per_process=1 if kind == "per-run" else None)
+plan = plan_sweep(file, db, threads=1)
+pids, memory = {}, {}
+
+def rss_mib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+
+def on_event(event):
+    if event.kind == "started":
+        pids[event.index] = event.pid
+    elif event.kind == "finished" and event.index in pids:
+        memory.setdefault(pids[event.index], []).append(rss_mib(pids[event.index]))
+
+start = time.perf_counter()
+result = run_sweep(plan, executor=executor, on_event=on_event)
+wall = time.perf_counter() - start
+with Session(plan.engine) as session:
+    epoch_seconds = session.scalar(select(func.sum(Epoch.seconds)))
+print(json.dumps({"wall": wall, "epoch_seconds": epoch_seconds, "counts": dict(result.counts()),
+                  "memory": {str(pid): values for pid, values in memory.items()}}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ray() -> tuple[str, Path]:
+    ray = Path(sys.executable).with_name("ray")
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(WORKERS),
+         "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    return f"127.0.0.1:{port}", ray
+
+
+def measure(folder: Path, sweep: str, kind: str, address: str, number: int) -> dict:
+    dataset, epochs = SWEEPS[sweep]
+    file = folder / f"{sweep}.toml"
+    file.write_text(FILE.format(dataset=dataset, epochs=epochs))
+    db = folder / f"{sweep}-{kind}-{number}.db"
+    out = subprocess.run([sys.executable, "-c", DRIVER, str(file), str(db), kind, address], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} {sweep} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["counts"] == {"completed": 8}, result["counts"]
+    result["efficiency"] = result["epoch_seconds"] / (result["wall"] * WORKERS)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--executors", nargs="+", default=["per-run", "warm", "ray"], choices=["per-run", "warm", "ray"])
+    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    args = parser.parse_args()
+    if not os.environ.get("TECLI_DATA_DIR"):
+        raise SystemExit("set TECLI_DATA_DIR to the folder with usps.h5")
+
+    address, ray = ("", None)
+    if "ray" in args.executors:
+        address, ray = start_ray()
+    folder = Path(tempfile.mkdtemp(prefix="tecli-efficiency-"))
+    results: dict[tuple[str, str], list[dict]] = {}
+    try:
+        for number in range(args.repeats):
+            for sweep in args.sweeps:
+                for kind in args.executors:
+                    result = measure(folder, sweep, kind, address, number)
+                    results.setdefault((sweep, kind), []).append(result)
+                    print(f"  {sweep:6} {kind:7} repeat {number + 1}: wall {result['wall']:6.1f} s, "
+                          f"epochs {result['epoch_seconds']:6.1f} s, efficiency {result['efficiency']:.2f}", flush=True)
+    finally:
+        if ray is not None:
+            subprocess.run([str(ray), "stop", "--force"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    print(f"\nsweep efficiency, {WORKERS} workers x 1 thread, 8 runs per sweep, {args.repeats} repeat(s): mean ± sd")
+    print(f"{'sweep':8} {'executor':9} {'wall s':>13} {'epoch s':>13} {'efficiency':>13}")
+    for (sweep, kind), runs in results.items():
+        def stat(key: str, digits: int) -> str:
+            values = [r[key] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+        print(f"{sweep:8} {kind:9} {stat('wall', 1):>13} {stat('epoch_seconds', 1):>13} {stat('efficiency', 2):>13}")
+
+    warm = [r for (sweep, kind), runs in results.items() if kind == "warm" for r in runs]
+    if warm:
+        print("\nwarm pool: resident memory (MiB) of each worker after each of its runs")
+        for r in warm:
+            for pid, values in r["memory"].items():
+                print(f"  worker {pid}: " + " -> ".join(f"{v:.0f}" for v in values if v is not None))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""RayCluster: a sweep's runs as Ray tasks, each scheduled with the CPU threads (and,
+with --device cuda, the share of a GPU) it needs, anywhere on the cluster.
+
+The database stays the single source of truth: a task claims its run key there
+(so any number of drivers train each key once) and records epochs and checkpoints
+as a local run does. Ray reuses its worker processes from task to task, so imports
+and kernels load once per worker. A worker that dies is replaced by Ray and the task
+retried; the retry finds the run's process gone, and resumes the run from its
+checkpoint. Stopping the driver (Ctrl-C, SIGTERM) cancels the tasks: Ray raises
+KeyboardInterrupt in each running one, which records its run interrupted.
+
+tecli must be installed on every node, the database reachable from every node, and
+the data folder present on every node (or on a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from tecli.errors import UserError, shown
+from tecli.sweep.executors import Event, Task
+
+RETRIES = 3  # times a task is retried after its worker process died
+STOP_GRACE = 60.0  # seconds cancelled runs get to record themselves interrupted
+CONNECT_TIMEOUT = 5.0
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'tecli[ray]'") from None
+    return ray
+
+
+class RayCluster:
+    def __init__(
+        self, address: str | None = None, gpus_per_run: float | None = None, device: str = "cpu", max_running: int | None = None
+    ):
+        self.ray = _import_ray()
+        if device not in ("cpu", "cuda"):
+            raise UserError(f"--device must be cpu or cuda with --executor ray (Ray picks the GPU), got {shown(device)!r}")
+        if gpus_per_run is not None:
+            if device != "cuda":
+                raise UserError("--gpus-per-run needs --device cuda")
+            if not 0 < gpus_per_run <= 1 and not (gpus_per_run > 1 and gpus_per_run == int(gpus_per_run)):
+                raise UserError(f"--gpus-per-run must be a fraction in (0, 1] or a whole number, got {gpus_per_run:g}")
+        self.address = address
+        self.gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
+        self.max_running = max_running
+
+    def start(self) -> None:
+        """Join the cluster at `address` ($RAY_ADDRESS if None; a new one on this machine if neither)."""
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        _check_reachable(self.address or os.environ.get("RAY_ADDRESS"))
+        try:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except Exception as error:  # ConnectionError, ValueError, RuntimeError, depending on what is wrong
+            where = self.address or os.environ.get("RAY_ADDRESS") or "this machine"
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"cannot join the Ray cluster at {where}: {message}; start it with `ray start --head`, or check --address"
+            ) from None
+        if self.gpus and ray.cluster_resources().get("GPU", 0) < self.gpus:
+            raise UserError(
+                f"--device cuda asks for {self.gpus:g} GPU per run, but the Ray cluster has "
+                f"{ray.cluster_resources().get('GPU', 0):g}; lower --gpus-per-run, or add GPU nodes"
+            )
+
+    def default_threads(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        resources = self.ray.cluster_resources()
+        gpus = f", {resources.get('GPU', 0):g} GPU(s), {self.gpus:g} per run" if self.gpus else ""
+        cap = f", at most {self.max_running} at once" if self.max_running else ""
+        return f"Ray cluster of {len(self.ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs{gpus}{cap}"
+
+    def run(self, tasks: Sequence[Task], report: Callable[[Event], None]) -> None:
+        self.start()
+        if tasks:
+            self._check_fits(max(task.threads for task in tasks))
+        _Sweep(self, tasks, report).loop()
+
+    def _check_fits(self, threads: int) -> None:
+        """A task no node can hold would wait forever."""
+        largest = max((node["Resources"].get("CPU", 0) for node in self.ray.nodes() if node["Alive"]), default=0)
+        if threads > largest:
+            raise UserError(f"--threads {threads} is more CPUs than any node of the Ray cluster has ({largest:g})")
+
+
+def _check_reachable(address: str | None) -> None:
+    """Ray retries an unreachable head for minutes, printing as it goes; a HOST:PORT that
+    takes no connection is refused here at once."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address must be HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or auto, got {shown(address)!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as error:
+        raise UserError(
+            f"no Ray cluster answers at {address} ({error.strerror or error}); start one with "
+            "`ray start --head --port PORT` there, or check --address"
+        ) from None
+
+
+def _train(task: Task, events) -> str:
+    """A Ray task: one run, its events sent to the driver's queue."""
+    from tecli.sweep.executors import train_task
+
+    return train_task(task, events.put)
+
+
+class _Sweep:
+    """One call of RayCluster.run: tasks submitted (up to the cap), events read, stops handled."""
+
+    def __init__(self, cluster: RayCluster, tasks: Sequence[Task], report: Callable[[Event], None]):
+        from ray.util.queue import Queue
+
+        self.ray = cluster.ray
+        self.cluster = cluster
+        self.report = report
+        self.events = Queue(actor_options={"num_cpus": 0})
+        self.remote = self.ray.remote(_train)
+        self.waiting = random.Random().sample(list(tasks), len(tasks))
+        self.running: dict = {}  # object ref -> Task
+        self.finished: set[int] = set()
+        self.started: dict[int, Event] = {}
+        self.engines: dict = {}
+
+    def engine(self, task: Task):
+        from tecli.db.store import create_db_engine
+
+        if task.db_url not in self.engines:
+            self.engines[task.db_url] = create_db_engine(task.db_url)
+        return self.engines[task.db_url]
+
+    def loop(self) -> None:
+        try:
+            while self.waiting or self.running:
+                self.submit()
+                self.read(0.2)
+                self.collect()
+        except BaseException:  # Ctrl-C, SIGTERM, or the database failing in this process
+            self.stop()
+            raise
+        finally:
+            self.ray.kill(self.events.actor)
+            for engine in self.engines.values():
+                engine.dispose()
+
+    def submit(self) -> None:
+        from tecli.db.recording import key_taken
+
+        cap = self.cluster.max_running
+        while self.waiting and (cap is None or len(self.running) < cap):
+            task = self.waiting.pop(0)
+            if key_taken(self.engine(task), task.spec.run_key()):  # spare the cluster the claim
+                self.report(Event(task.index, "finished", status="skipped", message="claimed elsewhere"))
+                continue
+            options = {"num_cpus": task.threads, "num_gpus": self.cluster.gpus, "max_retries": RETRIES}
+            ref = self.remote.options(**options, name=f"tecli {task.spec.dataset}/{task.spec.variant}/{task.spec.seed}").remote(
+                task, self.events
+            )
+            self.running[ref] = task
+
+    def read(self, timeout: float) -> None:
+        from ray.util.queue import Empty
+
+        try:
+            event = self.events.get(timeout=timeout)
+            while True:
+                self.handle(event)
+                event = self.events.get_nowait()
+        except Empty:
+            pass
+
+    def handle(self, event: Event) -> None:
+        if event.index in self.finished:
+            return
+        if event.kind == "started":
+            self.started[event.index] = event
+        if event.kind == "finished":
+            self.finished.add(event.index)
+        self.report(event)
+
+    def collect(self) -> None:
+        """Tasks that returned: their last events are in the queue (puts are synchronous);
+        one that raised after its retries never said it finished, and is reported failed."""
+        if not self.running:
+            return
+        done, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        if done:
+            self.read(0)
+        for ref in done:
+            task = self.running.pop(ref)
+            try:
+                self.ray.get(ref)
+            except Exception as error:
+                if task.index not in self.finished:
+                    self.lost(task, f"Ray task failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+
+    def lost(self, task: Task, message: str, status: str = "failed") -> None:
+        from tecli.db.recording import end_running
+        from tecli.db.schema import RunStatus
+
+        started = self.started.get(task.index)
+        if started is not None and started.pid is not None:
+            end_running(self.engine(task), started.run_id, started.pid, RunStatus(status), message)  # on this host only
+        self.finished.add(task.index)
+        self.report(Event(task.index, "finished", run_id=started.run_id if started else None, status=status, message=message))
+
+    def stop(self) -> None:
+        """Cancel every task; running ones get KeyboardInterrupt and record themselves interrupted."""
+        for ref in self.running:
+            self.ray.cancel(ref)
+        deadline = time.monotonic() + STOP_GRACE
+        while self.running and time.monotonic() < deadline:
+            try:
+                self.read(0.2)
+                done, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+                for ref in done:
+                    del self.running[ref]
+            except Exception:
+                break  # reporting may fail with the database; stopping must not
+        try:
+            self.read(0)
+        except Exception:
+            pass
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
