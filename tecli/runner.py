@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,18 +98,22 @@ def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None, ch
 
 def record_training(
     engine: Engine,
-    attempt: Attempt,
-    setup: Callable[[], Training],
+    claim: Callable[[], Attempt],
+    setup: Callable[[Attempt], Training],
     on_epoch: Callable[[EpochResult], None] | None = None,
-) -> list[EpochResult]:
-    """A claimed attempt from set-up to its final status, with its heartbeat all along.
+) -> tuple[Attempt, list[EpochResult]]:
+    """An attempt from its claim to its final status, with its heartbeat all along.
 
-    `setup()` returns the Training (a sweep's run loads its data here, after claiming;
-    a set-up mistake is recorded as a failed run). Each epoch is committed as it ends,
-    with the training's checkpoint in the same transaction. The database failing mid-run (disk full, server gone) ends the run
-    with one line; it is marked failed if the database still takes writes, else the
-    next command that opens it finds the process gone and marks it interrupted. An
-    attempt declared dead by another process stops with RunTakenOver.
+    `claim()` takes the run (its errors propagate: nothing is held yet); the claim and
+    the heartbeat's start share one shielded block, so a stop arriving from then on
+    always finds a `try` that records the run interrupted. `setup(attempt)` returns the
+    Training (a sweep's run loads its data here, after claiming; a set-up mistake is
+    recorded as a failed run). Each epoch is committed as it ends, with the training's
+    checkpoint in the same transaction. The database failing mid-run (disk full,
+    server gone) ends the run with one line; it is marked failed if the database still
+    takes writes, else liveness marks it interrupted later (its process gone, or its
+    heartbeat stale). An attempt declared dead by another process stops with
+    RunTakenOver.
     """
     from sqlalchemy.exc import DBAPIError
 
@@ -118,6 +123,7 @@ def record_training(
     from tecli.db.store import describe, first_line
 
     results: list[EpochResult] = []
+    attempt: Attempt | None = None
 
     def finish(status: RunStatus, error: str) -> None:
         try:
@@ -125,15 +131,33 @@ def record_training(
                 finish_run(engine, attempt, status, error)
         except DBAPIError:
             pass  # left `running`; liveness marks it interrupted later
+        except KeyboardInterrupt:
+            pass  # a second stop during the write: the run is ending already
 
-    def unwritable(error: DBAPIError) -> RunFailed:
-        message = f"cannot write the database {describe(engine.url)}: {first_line(error.orig)}"
-        finish(RunStatus.FAILED, message)
-        return RunFailed(attempt.run_id, message)
+    def ended(error: BaseException) -> BaseException:
+        """Record how the attempt ended; the exception to raise in its place."""
+        if isinstance(error, KeyboardInterrupt):
+            finish(RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM")
+            return RunInterrupted(attempt.run_id, len(results))
+        if isinstance(error, DBAPIError):  # also when every epoch is recorded but not that the run completed
+            message = f"cannot write the database {describe(engine.url)}: {first_line(error.orig)}"
+            finish(RunStatus.FAILED, message)
+            return RunFailed(attempt.run_id, message)
+        if isinstance(error, WrongDataCopy):
+            finish(RunStatus.INTERRUPTED, str(error))
+            return RunFailed(attempt.run_id, str(error))
+        if isinstance(error, UserError):
+            finish(RunStatus.FAILED, str(error))
+            return RunFailed(attempt.run_id, shown(str(error)))
+        finish(RunStatus.FAILED, "".join(traceback.format_exception(error)))
+        return RunFailed(attempt.run_id, f"{type(error).__name__}: {shown(error)}")
 
-    with Heartbeat(engine, attempt), stop_signals():
+    with stop_signals(), ExitStack() as stack:
         try:
-            training = setup()
+            with shielded():
+                attempt = claim()
+                stack.enter_context(Heartbeat(engine, attempt))
+            training = setup(attempt)
             for result in training:
                 with shielded():  # a stop waits for the epoch's commit
                     record_epoch(engine, attempt, result, dumps(training.state_dict()))
@@ -142,25 +166,14 @@ def record_training(
                     on_epoch(result)
             with shielded():
                 completed = finish_run(engine, attempt, RunStatus.COMPLETED, None)
-        except KeyboardInterrupt:
-            finish(RunStatus.INTERRUPTED, "interrupted by Ctrl-C or SIGTERM")
-            raise RunInterrupted(attempt.run_id, len(results)) from None
-        except DBAPIError as error:  # also when every epoch is recorded but not that the run completed
-            raise unwritable(error) from None
-        except RunTakenOver:
-            raise
-        except WrongDataCopy as error:
-            finish(RunStatus.INTERRUPTED, str(error))
-            raise RunFailed(attempt.run_id, str(error)) from None
-        except UserError as error:
-            finish(RunStatus.FAILED, str(error))
-            raise RunFailed(attempt.run_id, shown(str(error))) from None
-        except Exception as error:
-            finish(RunStatus.FAILED, traceback.format_exc())
-            raise RunFailed(attempt.run_id, f"{type(error).__name__}: {shown(error)}") from error
+        except (KeyboardInterrupt, Exception) as error:
+            if attempt is None or isinstance(error, RunTakenOver):
+                raise  # nothing claimed, or no longer this process's run
+            stack.close()  # the heartbeat stops before the final status is written
+            raise ended(error) from error
     if not completed:
         raise RunTakenOver(f"run {attempt.run_id} was declared dead by another process before it could finish")
-    return results
+    return attempt, results
 
 
 def run_claimed(
@@ -182,27 +195,26 @@ def run_claimed(
     from tecli.conditions import current_conditions
     from tecli.db.recording import claim_run, set_data_copy
 
-    with stop_signals():  # from before the claim, so a stop never leaves the run `running`
-        with shielded():
-            attempt = claim_run(
-                engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
+    def claim() -> Attempt:
+        return claim_run(
+            engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
+        )
+
+    def setup(attempt: Attempt) -> Training:
+        if on_start:
+            on_start(attempt.run_id, attempt.epochs_done)
+        prepared = prepare(spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint)
+        if attempt.checkpoint is None:
+            with shielded():
+                set_data_copy(engine, attempt, prepared.data.copy)
+        elif attempt.data_copy not in (None, prepared.data.copy):
+            raise WrongDataCopy(
+                f"run {attempt.run_id} read {attempt.data_copy}, but this worker finds {prepared.data.copy}; "
+                "it stays interrupted for a worker with that copy (or --restart)"
             )
+        return prepared.training
 
-        def setup() -> Training:
-            if on_start:
-                on_start(attempt.run_id, attempt.epochs_done)
-            prepared = prepare(spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint)
-            if attempt.checkpoint is None:
-                with shielded():
-                    set_data_copy(engine, attempt, prepared.data.copy)
-            elif attempt.data_copy not in (None, prepared.data.copy):
-                raise WrongDataCopy(
-                    f"run {attempt.run_id} read {attempt.data_copy}, but this worker finds {prepared.data.copy}; "
-                    "it stays interrupted for a worker with that copy (or --restart)"
-                )
-            return prepared.training
-
-        record_training(engine, attempt, setup, on_epoch)
+    attempt, _ = record_training(engine, claim, setup, on_epoch)
     return attempt.run_id
 
 
@@ -281,7 +293,7 @@ def run_one(
         soft_wrap=True,
     )
     with progress:
-        results = record_training(engine, attempt, lambda: prepared.training, on_epoch)
+        _, results = record_training(engine, lambda: attempt, lambda _: prepared.training, on_epoch)
     console.print(_summary(spec, results))
     return attempt.run_id
 

@@ -72,7 +72,7 @@ def ray_cluster(tmp_path_factory):
     log = tmp_path_factory.mktemp("ray") / "ray-start.log"
     command = [
         str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(port), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+        "--port", str(port), "--num-cpus", "2",
         "--include-dashboard=false", "--disable-usage-stats",
     ]  # fmt: skip
     # Ray ends idle workers beyond one per CPU, across drivers: each driver subprocess would

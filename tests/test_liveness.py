@@ -36,7 +36,7 @@ def _status(engine) -> dict[int, str]:
         return dict(session.execute(select(Run.id, Run.status)).all())
 
 
-def test_runs_are_judged_by_process_here_and_by_lease_elsewhere(db_url):
+def test_runs_are_judged_by_process_and_lease_here_and_by_lease_elsewhere(db_url):
     engine = open_database(db_url)
     run = lambda seed: record_run(engine, RunSpec(dataset="digits", seed=seed), status=None)  # noqa: E731
     alive, quiet, reused, gone, far_fresh, far_stale, twin_fresh, twin_stale = (run(s) for s in range(8))  # all `running`, owned by this process
@@ -47,7 +47,7 @@ def test_runs_are_judged_by_process_here_and_by_lease_elsewhere(db_url):
     old = utcnow() - timedelta(seconds=lease + 1)
     for run_id in (alive, quiet, reused, gone, far_fresh, far_stale, twin_fresh, twin_stale):
         _set(engine, run_id, lease_seconds=lease)
-    _set(engine, quiet, heartbeat_at=old)  # alive here: the process decides, not the heartbeat
+    _set(engine, quiet, heartbeat_at=old)  # alive here, but no longer beating for the run (a warm worker's leftover)
     _set(engine, reused, pid_started=current_owner().pid_started - 1)  # our pid, but a different process
     _set(engine, gone, pid=child.pid)
     for run_id in (far_fresh, far_stale):  # another machine
@@ -56,9 +56,9 @@ def test_runs_are_judged_by_process_here_and_by_lease_elsewhere(db_url):
         _set(engine, run_id, pid_namespace="pid:[1]", pid=child.pid)
     _set(engine, far_stale, heartbeat_at=old)
     _set(engine, twin_stale, heartbeat_at=old)
-    assert sorted(mark_dead_runs(engine)) == sorted([reused, gone, far_stale, twin_stale])
+    assert sorted(mark_dead_runs(engine)) == sorted([quiet, reused, gone, far_stale, twin_stale])
     assert _status(engine) == {
-        alive: "running", quiet: "running", reused: "interrupted", gone: "interrupted",
+        alive: "running", quiet: "interrupted", reused: "interrupted", gone: "interrupted",
         far_fresh: "running", far_stale: "interrupted", twin_fresh: "running", twin_stale: "interrupted",
     }  # fmt: skip
 

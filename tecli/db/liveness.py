@@ -144,7 +144,10 @@ def process_alive(pid: int, pid_started: int | None) -> bool:
 def is_dead(run, me: Owner, now: datetime) -> bool:
     """Judge a `running` run's row (host, boot_id, pid_namespace, pid, pid_started,
     heartbeat_at, lease_seconds) from `me`'s place at `now` (naive UTC)."""
-    if me.same_place(run.host, run.boot_id, run.pid_namespace):
-        return not process_alive(run.pid, run.pid_started)
     lease = run.lease_seconds if run.lease_seconds is not None else LEASE_SECONDS
-    return run.heartbeat_at < now - timedelta(seconds=lease)
+    stale = run.heartbeat_at < now - timedelta(seconds=lease)
+    if me.same_place(run.host, run.boot_id, run.pid_namespace):
+        # A live process with a stale heartbeat no longer trains the run: a warm sweep
+        # worker outlives its runs, and one whose final write failed goes on to the next.
+        return stale or not process_alive(run.pid, run.pid_started)
+    return stale

@@ -15,6 +15,7 @@ the data folder present on every node (or on a shared filesystem).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
@@ -47,7 +48,7 @@ class RayCluster:
         if gpus_per_run is not None:
             if device != "cuda":
                 raise UserError("--gpus-per-run needs --device cuda")
-            if not 0 < gpus_per_run <= 1 and not (gpus_per_run > 1 and gpus_per_run == int(gpus_per_run)):
+            if not (0 < gpus_per_run <= 1 or (1 < gpus_per_run < math.inf and gpus_per_run == int(gpus_per_run))):
                 raise UserError(f"--gpus-per-run must be a fraction in (0, 1] or a whole number, got {gpus_per_run:g}")
         self.address = address
         self.gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
