@@ -22,11 +22,17 @@ import dataclasses
 import io
 import json
 import math
+import subprocess
+import sys
 
+import numpy as np
+import pandas as pd
 import pytest
+import scipy
+from scipy.special import ndtr
+from scipy.stats import wilcoxon
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from recorded import TEST_CONDITIONS, record_run
@@ -34,6 +40,9 @@ from tecli.cli import app
 from tecli.db.schema import Run, RunAttempt, RunStatus
 from tecli.db.store import open_database
 from tecli.epoch import EpochResult
+from tecli.report.arithmetic import group_sum, mean, median, pairwise_sum, running_sums, std
+from tecli.report.build import build_report
+from tecli.report.wilcoxon import _normal_sf, wilcoxon_p
 from tecli.spec import RunSpec, TEConfig
 from tecli.sweep.file import parse_sweep
 from tecli.sweep.plan import register
@@ -222,8 +231,8 @@ EXPECTED_MARKDOWN = """\
 # tecli report
 
 Targets: usps 0.9 test_acc. Baseline variant: baseline.
-Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version src:test (8 runs).
-Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p. Seconds (to target, epoch time, speedup) are compared only between runs measured under the same conditions (device and GPU, threads, CPU model, code version); where these differ they show as - and the statement names the difference.
+Conditions of measurement: device cpu, threads 1, memory_format channels_last, cpu_model test cpu, code_version src:test (8 runs).
+Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p. Seconds (to target, epoch time, speedup) are compared only between runs measured under the same conditions (device and GPU, threads, memory format, CPU model, code version); where these differ they show as - and the statement names the difference.
 
 ## Per data set and variant
 
@@ -322,8 +331,9 @@ def test_baseline_and_te_on_different_threads_compare_epochs_only(tmp_path):
     assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) |" in markdown
     assert "| 2 | usps | te | 0 | 3/3 | 1 | 1.5 | 0.9500 | 0.9500 | 1.50 | 20.0% | cpu | 2 | src:test |" in markdown
     assert (
-        "Conditions of measurement: device cpu, threads 1, cpu_model test cpu, code_version src:test (4 runs); "
-        "device cpu, threads 2, cpu_model test cpu, code_version src:test (4 runs)." in markdown
+        "Conditions of measurement: device cpu, threads 1, memory_format channels_last, cpu_model test cpu, "
+        "code_version src:test (4 runs); device cpu, threads 2, memory_format channels_last, cpu_model test cpu, "
+        "code_version src:test (4 runs)." in markdown
     )
     table = report(db, "--dataset", "usps")
     assert "Seconds are not compared: runs differ in threads (1, 2)" in table and "nan" not in table
@@ -372,7 +382,7 @@ def test_a_run_resumed_on_other_threads_mixes_its_group(tmp_path):
         first = session.scalars(select(RunAttempt).where(RunAttempt.run_id == te_seed_3)).one()
         session.add(RunAttempt(
             run_id=te_seed_3, number=2, first_epoch=2, status="completed", started_at=first.started_at, host="h",
-            pid=1, device="cpu", threads=2, cpu_model="test cpu", code_version="src:test",
+            pid=1, device="cpu", threads=2, memory_format="channels_last", cpu_model="test cpu", code_version="src:test",
         ))  # fmt: skip
     te = groups_of(json.loads(report(db, "--format", "json")))["usps", "te"]
     assert te["mixed_conditions"] == "threads (1, 1 + 2)"
@@ -415,3 +425,86 @@ def test_null_conditions_equal_themselves(tmp_path):
     assert_usps_te_numbers_as_before(te)
     assert_usps_te_seconds_as_before(te)
     assert "Seconds" not in data["statements"][0]
+
+
+# The report computes in plain Python what it computed with pandas, NumPy and SciPy before
+# (tecli/report/arithmetic.py and wilcoxon.py): these tests hold the numbers to the last bit.
+
+
+def wilcoxon_cases() -> list[tuple]:
+    rng = np.random.default_rng(0)
+    cases = [([2, 3, 1], [1, 2, 2]), ([2.0, 3.0, 1.0], [1.5, 3.0, 3.0]), ([1, 2, 3, 4], [1, 1, 1, 1])]
+    for n in (3, 5, 8, 12, 13, 14, 20, 49, 50, 51, 80, 200, 600):
+        cases.append((rng.normal(size=n), rng.normal(size=n)))  # no ties: exact up to 50 pairs
+        cases.append((rng.integers(1, 20, n), rng.integers(1, 20, n)))  # ties and zeros: exact up to 13 pairs
+        cases.append((np.round(rng.normal(0.5, 1, n), 1), np.round(rng.normal(0, 1, n), 1)))  # a few ties
+        cases.append((rng.normal(size=n) + n**0.5, rng.normal(size=n)))  # small p, far in the normal tail
+    return cases
+
+
+@pytest.mark.skipif(tuple(map(int, scipy.__version__.split(".")[:2])) < (1, 15), reason="SciPy < 1.15 approximates small tied samples")
+@pytest.mark.parametrize("x, y", wilcoxon_cases())
+def test_wilcoxon_p_is_scipys(x, y):
+    assert wilcoxon_p(list(x), list(y)) == wilcoxon(x, y).pvalue
+
+
+def test_normal_tail_is_scipys():
+    z = np.linspace(0, 40, 40_001)
+    assert [_normal_sf(v) for v in z.tolist()] == ndtr(-z).tolist()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 15, 16, 17, 50, 127, 128, 129, 300, 1000])
+def test_sums_means_and_deviations_are_numpys(n):
+    values = np.random.default_rng(n).uniform(0.1, 3.0, n)
+    listed = values.tolist()
+    assert pairwise_sum(listed) == np.add.reduce(values)
+    assert group_sum(listed) == np.add.reduceat(values, [0])[0]
+    assert mean(listed) == np.mean(values) and median(listed) == np.median(values)
+    if n > 1:
+        assert std(listed) == np.std(values, ddof=1)
+    assert running_sums(listed) == pd.Series(values).groupby(np.zeros(n)).cumsum().tolist()
+
+
+def test_float_measures_are_numpys_and_scipys(tmp_path):
+    """Random seconds and accuracies: each run's numbers come from its epochs, each group's from its runs."""
+    engine = open_database(tmp_path / "floats.db")
+    rng = np.random.default_rng(1)
+    for seed in range(8):
+        for te in (False, True):
+            spec = RunSpec(dataset="usps", seed=seed, epochs=6, te=TEConfig() if te else None)
+            accs, seconds = np.sort(rng.uniform(0.7, 1.0, 6)), rng.uniform(0.5, 2.0, 6)
+            te_seconds = rng.uniform(0, 0.3, 6) if te else np.zeros(6)
+            record_run(engine, spec, [epoch_result(e, *map(float, v)) for e, v in enumerate(zip(accs, seconds, te_seconds), 1)])
+    result = build_report(engine, target=0.85)
+    with engine.connect() as connection:
+        epochs = pd.read_sql("SELECT run_id, epoch, test_acc, seconds, te_seconds FROM epochs ORDER BY run_id, epoch", connection)
+    for run in result.runs:
+        own = epochs[epochs.run_id == run["run_id"]]
+        reached = own[own.test_acc >= 0.85]
+        total = np.add.reduceat(own.seconds.to_numpy(), [0])[0]  # as pandas' groupby sum
+        assert (run["total_s"], run["mean_epoch_s"]) == (total, total / 6)
+        assert run["te_share"] == np.add.reduceat(own.te_seconds.to_numpy(), [0])[0] / total
+        first = reached.index[0] if len(reached) else None
+        assert run["epochs_to_target"] == (None if first is None else own.epoch[first])
+        assert run["seconds_to_target"] == (None if first is None else own.groupby("run_id").seconds.cumsum()[first])
+    runs = pd.DataFrame(result.runs)
+    base, te = (runs[runs.variant == v] for v in ("baseline", "te"))
+    group = result.groups[1]
+    assert group["final_acc_mean"] == te.final_acc.mean() and group["final_acc_std"] == te.final_acc.std()
+    assert group["epoch_time_ratio"] == te.mean_epoch_s.mean() / base.mean_epoch_s.mean()
+    paired = base.set_index("seed").seconds_to_target.to_frame("b").join(te.set_index("seed").seconds_to_target).dropna()
+    assert group["speedup_seconds"] == paired.b.mean() / paired.seconds_to_target.mean()
+    assert group["p_seconds"] == wilcoxon(paired.b, paired.seconds_to_target).pvalue
+
+
+def test_text_reports_import_neither_pandas_nor_numpy_nor_scipy(db):
+    """What makes `tecli report` fast: csv and json still use pandas, plots matplotlib and NumPy."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from tecli.cli import app\n"
+        "for fmt in ('table', 'markdown', 'html'):\n"
+        f"    assert CliRunner().invoke(app, ['report', '--db', {db[0]!r}, '--format', fmt]).exit_code == 0\n"
+        "print(','.join(sorted(m for m in ('pandas', 'numpy', 'scipy', 'matplotlib') if m in sys.modules)))\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == ""

@@ -15,7 +15,9 @@ the epoch-time ratio to the baseline. Each variant is compared with the
 baseline variant (named "baseline" unless --baseline says otherwise) on the
 seeds where both reached the target: speedup = mean baseline / mean variant,
 with a two-sided Wilcoxon signed-rank test on the paired values. Every number
-carries the ids of the runs behind it. No torch here.
+carries the ids of the runs behind it. No torch here, nor pandas, NumPy or SciPy
+(about 0.9 s of imports): tecli.report.arithmetic and tecli.report.wilcoxon
+compute the same numbers in plain Python.
 
 Conditions of measurement (tecli.conditions: device, GPU name, threads, CPU
 model, code version) decide what seconds mean. A group's seconds (to target,
@@ -32,18 +34,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from tecli.conditions import CONDITION_FIELDS
 from tecli.db.schema import Epoch, Run, RunAttempt, RunStatus, Sweep
 from tecli.errors import UserError
+from tecli.report.arithmetic import group_sum, mean, median, running_sums, std
+from tecli.report.wilcoxon import wilcoxon_p
 from tecli.sweep.file import METRICS
 
 ALPHA = 0.05
@@ -51,20 +57,31 @@ MIN_PAIRS = 3
 
 
 @dataclass
+class Curve:
+    """A counted run's test accuracy and wall time, epoch by epoch."""
+
+    run_id: int
+    dataset: str
+    variant: str
+    test_acc: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    @cached_property
+    def cum_seconds(self) -> list[float]:
+        """The cumulative seconds at each epoch's end."""
+        return running_sums(self.seconds)
+
+
+@dataclass
 class Report:
-    runs: pd.DataFrame  # one row per counted run: measures and run id
-    curves: pd.DataFrame  # one row per epoch of a counted run
-    groups: pd.DataFrame  # one row per data set x variant
+    runs: list[dict]  # one per counted run: measures and run id, by data set, variant and seed
+    curves: list[Curve]  # one per counted run, by run id
+    groups: list[dict]  # one per data set x variant, sorted
     targets: dict[str, tuple[float, str] | None]  # data set -> (target, metric)
     statements: list[str]
     excluded: dict[str, int] = field(default_factory=dict)  # status -> runs not counted
     baseline: str = "baseline"
     mixed_conditions: bool = False  # seconds were compared across differing conditions (--mixed-conditions)
-
-
-def _frame(result) -> pd.DataFrame:
-    """A DataFrame from a result; plain tuples are ~20x faster for pandas than Row objects."""
-    return pd.DataFrame([tuple(row) for row in result], columns=list(result.keys()))
 
 
 def sweep_scope(engine: Engine, name: str) -> tuple[set[str], dict]:
@@ -83,7 +100,9 @@ def sweep_scope(engine: Engine, name: str) -> tuple[set[str], dict]:
         return {spec.run_key() for spec in grid.runs}, row.targets
 
 
-def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
+def _load(engine: Engine, keys: set[str] | None, dataset: str | None) -> tuple[list[dict], dict[int, list[tuple]]]:
+    """The matching runs in id order, each with `counted` set, and the epochs of the counted ones:
+    run id -> (run id, epoch, train_acc, test_acc, seconds, te_seconds) rows in epoch order."""
     query = select(
         Run.id.label("run_id"), Run.run_key, Run.dataset, Run.variant, Run.seed, Run.status,
         Run.epochs_planned, Run.config, Sweep.targets, *(getattr(Run, name) for name in CONDITION_FIELDS),
@@ -93,48 +112,51 @@ def _load(engine: Engine, keys: set[str] | None, dataset: str | None):
     if dataset is not None:
         query = query.where(Run.dataset == dataset)
     with engine.connect() as connection:  # ordered: a server returns rows in no particular order
-        runs = _frame(connection.execute(query.order_by(Run.id)))
-        if runs.empty:
-            return runs, pd.DataFrame()
-        _conditions_as_values(runs)
+        runs = [row._asdict() for row in connection.execute(query.order_by(Run.id))]
+        if not runs:
+            return runs, {}
         _resumed_conditions(runs, connection)
-        counted = runs[runs.status == RunStatus.COMPLETED].sort_values("run_id").drop_duplicates("run_key", keep="last")
-        epochs = _frame(
-            connection.execute(
-                select(Epoch.run_id, Epoch.epoch, Epoch.train_acc, Epoch.test_acc, Epoch.seconds, Epoch.te_seconds)
-                .join(Run, Run.id == Epoch.run_id)
-                .where(Run.status == RunStatus.COMPLETED)
-                .order_by(Epoch.run_id, Epoch.epoch)
-            )
-        )
-    return runs.assign(counted=runs.run_id.isin(counted.run_id)), epochs[epochs.run_id.isin(counted.run_id)]
+        newest = {run["run_key"]: run["run_id"] for run in runs if run["status"] == RunStatus.COMPLETED}
+        counted = set(newest.values())
+        # IN rather than a join: SQLite then reads the epochs in the order of their (run_id, epoch) key, unsorted
+        completed = select(Run.id).where(Run.status == RunStatus.COMPLETED)
+        rows = connection.execute(
+            select(Epoch.run_id, Epoch.epoch, Epoch.train_acc, Epoch.test_acc, Epoch.seconds, Epoch.te_seconds)
+            .where(Epoch.run_id.in_(completed))
+            .order_by(Epoch.run_id, Epoch.epoch)
+        ).all()
+    for run in runs:
+        run["counted"] = run["run_id"] in counted
+    return runs, {run_id: list(group) for run_id, group in groupby(rows, itemgetter(0)) if run_id in counted}
 
 
-def _conditions_as_values(runs: pd.DataFrame) -> None:
-    """Condition columns as plain Python values with None for NULL (pandas would turn a NULL
-    thread count into NaN and the others into floats), so that None equals None."""
-    for name in CONDITION_FIELDS:
-        values = [None if v is None or v != v else (int(v) if name == "threads" else v) for v in runs[name].tolist()]
-        runs[name] = pd.Series(values, index=runs.index, dtype=object)
-
-
-def _resumed_conditions(runs: pd.DataFrame, connection) -> None:
+def _resumed_conditions(runs: list[dict], connection) -> None:
     """A run resumed under other conditions than it started with measured its epochs under
     both: such a condition becomes "a + b" (in attempt order), which equals no plain value."""
+    by_id = {run["run_id"]: run for run in runs}
+    resumed = select(RunAttempt.run_id).group_by(RunAttempt.run_id).having(func.count() > 1)
     attempts = connection.execute(
         select(RunAttempt.run_id, *(getattr(RunAttempt, name) for name in CONDITION_FIELDS))
-        .where(RunAttempt.run_id.in_(runs.run_id.tolist()))
+        .where(RunAttempt.run_id.in_(resumed))
         .order_by(RunAttempt.run_id, RunAttempt.number)
     ).all()
     seen: dict[int, list[tuple]] = {}
     for run_id, *values in attempts:
-        seen.setdefault(run_id, []).append(tuple(values))
-    position = {run_id: i for i, run_id in zip(runs.index, runs.run_id)}
+        if run_id in by_id:
+            seen.setdefault(run_id, []).append(tuple(values))
     for run_id, tuples in seen.items():
         for column, name in enumerate(CONDITION_FIELDS):
             values = list(dict.fromkeys(t[column] for t in tuples))
             if len(values) > 1:
-                runs.at[position[run_id], name] = " + ".join(map(str, values))
+                by_id[run_id][name] = " + ".join(map(str, values))
+
+
+def _grouped(rows: list[dict], *names: str) -> dict[tuple, list[dict]]:
+    """Rows by their values of `names`, in sorted order; each group keeps the rows' order."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[name] for name in names), []).append(row)
+    return dict(sorted(groups.items()))
 
 
 def condition_text(name: str, value, devices=()) -> str:
@@ -149,9 +171,9 @@ def condition_text(name: str, value, devices=()) -> str:
 DEVICE, GPU = CONDITION_FIELDS.index("device"), CONDITION_FIELDS.index("gpu_name")
 
 
-def condition_keys(runs: pd.DataFrame) -> list[tuple]:
+def condition_keys(runs: list[dict]) -> list[tuple]:
     """Each run's conditions as one tuple, in CONDITION_FIELDS order: equal tuples, equal conditions."""
-    return list(zip(*(runs[name].tolist() for name in CONDITION_FIELDS)))
+    return [tuple(run[name] for name in CONDITION_FIELDS) for run in runs]
 
 
 def _distinct(keys: set[tuple], index: int) -> list[str]:
@@ -175,23 +197,26 @@ def condition_differences(keys: set[tuple]) -> list[str]:
     return out
 
 
-def _check_one_configuration(runs: pd.DataFrame) -> None:
+def _check_one_configuration(runs: list[dict]) -> None:
     """Seeds of one data set x variant must share every other parameter, or the statistics mix experiments."""
-    signature = runs.config.map(lambda c: json.dumps({k: v for k, v in c.items() if k != "seed"}, sort_keys=True))
-    for (dataset, variant), group in signature.groupby([runs.dataset, runs.variant]):
-        if group.nunique() > 1:
-            ids = runs.loc[group.drop_duplicates().index, "run_id"].tolist()
+    for (dataset, variant), group in _grouped(runs, "dataset", "variant").items():
+        first_of: dict[str, int] = {}  # configuration without the seed -> first run id that has it
+        for run in group:
+            signature = json.dumps({k: v for k, v in run["config"].items() if k != "seed"}, sort_keys=True)
+            first_of.setdefault(signature, run["run_id"])
+        if len(first_of) > 1:
+            ids = list(first_of.values())
             raise UserError(
-                f"{dataset}/{variant} runs have {group.nunique()} different configurations (e.g. runs {ids[0]} and "
+                f"{dataset}/{variant} runs have {len(ids)} different configurations (e.g. runs {ids[0]} and "
                 f"{ids[1]}); pass --sweep to compare one sweep's grid, or --variant/--dataset to narrow"
             )
 
 
 def _targets(
-    runs: pd.DataFrame, target: float | None, metric: str, sweep_targets: dict | None
+    runs: list[dict], target: float | None, metric: str, sweep_targets: dict | None
 ) -> dict[str, tuple[float, str] | None]:
     out: dict[str, tuple[float, str] | None] = {}
-    for dataset, group in runs.groupby("dataset", sort=True):
+    for (dataset,), group in _grouped(runs, "dataset").items():
         if target is not None:
             out[dataset] = (target, metric)
             continue
@@ -201,7 +226,7 @@ def _targets(
             continue
         found = {
             (t[dataset]["target"], t[dataset]["metric"])
-            for t in group.targets
+            for t in (run["targets"] for run in group)
             if isinstance(t, dict) and t.get(dataset, {}).get("target") is not None
         }
         if len(found) > 1:
@@ -212,50 +237,58 @@ def _targets(
     return out
 
 
-def per_run(runs: pd.DataFrame, epochs: pd.DataFrame, targets: dict) -> pd.DataFrame:
-    """Measures of each counted run (see the module docstring)."""
-    counted = runs[runs.counted].set_index("run_id")
-    ep = epochs.sort_values(["run_id", "epoch"]).copy()
-    ep["cum_seconds"] = ep.groupby("run_id").seconds.cumsum()
-    dataset = counted.dataset.reindex(ep.run_id).to_numpy()
-    target = np.array([targets[d][0] if targets.get(d) else np.inf for d in dataset])
-    use_train = np.array([bool(targets.get(d)) and targets[d][1] == "train_acc" for d in dataset])
-    value = np.where(use_train, ep.train_acc, ep.test_acc)
-    first = ep[value >= target].groupby("run_id").first()
-    stats = ep.groupby("run_id").agg(
-        epochs_done=("epoch", "count"),
-        final_acc=("test_acc", "last"),
-        best_acc=("test_acc", "max"),
-        mean_epoch_s=("seconds", "mean"),
-        total_s=("seconds", "sum"),
-        te_s=("te_seconds", "sum"),
-    )
-    out = counted[["dataset", "variant", "seed", "epochs_planned"]].join(stats)
-    out["epochs_to_target"] = first.epoch.reindex(out.index)
-    out["seconds_to_target"] = first.cum_seconds.reindex(out.index)
-    out["te_share"] = out.te_s / out.total_s
-    out = out.drop(columns=["te_s"]).join(counted[list(CONDITION_FIELDS)])
-    return out.reset_index().sort_values(["dataset", "variant", "seed"], ignore_index=True)
+def per_run(runs: list[dict], epochs: dict[int, list[tuple]], targets: dict) -> tuple[list[dict], list[Curve]]:
+    """Measures of each counted run (see the module docstring), sorted by data set, variant and
+    seed, and the learning curves, in the runs' order."""
+    measures, curves = [], []
+    for run in runs:
+        _, epoch, train_acc, test_acc, seconds, te_seconds = zip(*epochs[run["run_id"]])
+        total = group_sum(seconds)
+        threshold, metric = targets.get(run["dataset"]) or (math.inf, "test_acc")
+        reached = next((i for i, v in enumerate(train_acc if metric == "train_acc" else test_acc) if v >= threshold), None)
+        measures.append({
+            **{name: run[name] for name in ("run_id", "dataset", "variant", "seed", "epochs_planned")},
+            "epochs_done": len(epoch),
+            "final_acc": test_acc[-1],
+            "best_acc": max(test_acc),
+            "mean_epoch_s": total / len(epoch),
+            "total_s": total,
+            "epochs_to_target": None if reached is None else epoch[reached],
+            "seconds_to_target": None if reached is None else running_sums(seconds[: reached + 1])[-1],
+            "te_share": group_sum(te_seconds) / total if total else math.nan,
+            **{name: run[name] for name in CONDITION_FIELDS},
+        })  # fmt: skip
+        curves.append(Curve(run["run_id"], run["dataset"], run["variant"], test_acc, seconds))
+    measures.sort(key=lambda m: (m["dataset"], m["variant"], m["seed"]))
+    return measures, curves
 
 
-def _mean_std_median(values: pd.Series) -> tuple[float, float, float]:
-    if values.empty:
+def _mean_std_median(values: list) -> tuple[float, float, float]:
+    if not values:
         return (math.nan, math.nan, math.nan)
-    return (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, float(values.median()))
+    return (mean(values), std(values), median(values))
 
 
-def _paired(base: pd.DataFrame, other: pd.DataFrame, column: str) -> tuple[int, int, float, float]:
+def _column(rows: list[dict], name: str) -> list:
+    return [row[name] for row in rows]
+
+
+def _paired(base: list[dict], other: list[dict], column: str) -> tuple[int, int, float, float]:
     """(pairs, pairs that differ, speedup = mean base / mean other, Wilcoxon p) over seeds where both have a value."""
-    paired = base.set_index("seed")[column].to_frame("base").join(other.set_index("seed")[column].to_frame("other"), how="inner").dropna()
-    n, differ = len(paired), int((paired.base != paired.other).sum())
-    if n == 0:
+    other_by_seed = {row["seed"]: row[column] for row in other}
+    pairs = [
+        (row[column], other_by_seed[row["seed"]])
+        for row in base
+        if row[column] is not None and other_by_seed.get(row["seed"]) is not None
+    ]
+    if not pairs:
         return 0, 0, math.nan, math.nan
-    speedup = float(paired.base.mean() / paired.other.mean())
+    base_values, other_values = zip(*pairs)
+    n, differ = len(pairs), sum(b != o for b, o in pairs)
+    speedup = mean(base_values) / mean(other_values)
     if n < MIN_PAIRS or differ == 0:
         return n, differ, speedup, math.nan
-    from scipy.stats import wilcoxon
-
-    return n, differ, speedup, float(wilcoxon(paired.base, paired.other).pvalue)
+    return n, differ, speedup, wilcoxon_p(base_values, other_values)
 
 
 # A group's numbers that compare seconds: NaN where conditions differ (unless --mixed-conditions).
@@ -264,20 +297,20 @@ SECONDS_COLUMNS = (
 )  # fmt: skip
 
 
-def aggregate(measures: pd.DataFrame, baseline: str, mixed_conditions: bool = False) -> pd.DataFrame:
+def aggregate(measures: list[dict], baseline: str, mixed_conditions: bool = False) -> list[dict]:
     """One row per data set x variant. Seconds (SECONDS_COLUMNS) are NaN where the group and its
     baseline group were not all measured under one set of conditions, unless `mixed_conditions`;
     `mixed_conditions` (the column) names the conditions that differ, empty when none."""
-    keys: dict[tuple[str, str], set[tuple]] = {}
-    for dataset, variant, key in zip(measures.dataset, measures.variant, condition_keys(measures)):
-        keys.setdefault((dataset, variant), set()).add(key)
+    groups = _grouped(measures, "dataset", "variant")
+    keys = {key: set(condition_keys(group)) for key, group in groups.items()}
     rows = []
-    for (dataset, variant), group in measures.groupby(["dataset", "variant"], sort=True):
-        reached = group.dropna(subset=["epochs_to_target"])
-        base = measures[(measures.dataset == dataset) & (measures.variant == baseline)]
+    for (dataset, variant), group in groups.items():
+        reached = [m for m in group if m["epochs_to_target"] is not None]
+        base = groups.get((dataset, baseline), [])
         differences = condition_differences(keys[dataset, variant] | keys.get((dataset, baseline), set()))
-        e_mean, e_std, e_median = _mean_std_median(reached.epochs_to_target)
-        s_mean, s_std, s_median = _mean_std_median(reached.seconds_to_target)
+        e_mean, e_std, e_median = _mean_std_median(_column(reached, "epochs_to_target"))
+        s_mean, s_std, s_median = _mean_std_median(_column(reached, "seconds_to_target"))
+        mean_epoch_s = mean(_column(group, "mean_epoch_s"))
         row = {
             "dataset": dataset,
             "variant": variant,
@@ -285,19 +318,19 @@ def aggregate(measures: pd.DataFrame, baseline: str, mixed_conditions: bool = Fa
             "n_reached": len(reached),
             "epochs_mean": e_mean, "epochs_std": e_std, "epochs_median": e_median,
             "seconds_mean": s_mean, "seconds_std": s_std, "seconds_median": s_median,
-            "final_acc_mean": float(group.final_acc.mean()),
-            "final_acc_std": float(group.final_acc.std(ddof=1)) if len(group) > 1 else math.nan,
-            "mean_epoch_s": float(group.mean_epoch_s.mean()),
-            "te_share": float(group.te_share.mean()),
-            "epoch_time_ratio": float(group.mean_epoch_s.mean() / base.mean_epoch_s.mean()) if len(base) else math.nan,
+            "final_acc_mean": mean(_column(group, "final_acc")),
+            "final_acc_std": std(_column(group, "final_acc")),
+            "mean_epoch_s": mean_epoch_s,
+            "te_share": mean(_column(group, "te_share")),
+            "epoch_time_ratio": mean_epoch_s / mean(_column(base, "mean_epoch_s")) if base else math.nan,
             "pairs": 0, "pairs_differing": 0, "speedup_epochs": math.nan, "p_epochs": math.nan,
             "speedup_seconds": math.nan, "p_seconds": math.nan,
-            "run_ids": " ".join(str(i) for i in group.run_id),
+            "run_ids": " ".join(str(m["run_id"]) for m in group),
             "mixed_conditions": "; ".join(differences),
         }  # fmt: skip
         # The group's own conditions as text (several values joined by ", " when its runs differ).
         row.update({name: ", ".join(_distinct(keys[dataset, variant], i)) for i, name in enumerate(CONDITION_FIELDS)})
-        if variant != baseline and len(base):
+        if variant != baseline and base:
             row["pairs"], row["pairs_differing"], row["speedup_epochs"], row["p_epochs"] = _paired(
                 base, group, "epochs_to_target"
             )
@@ -305,7 +338,7 @@ def aggregate(measures: pd.DataFrame, baseline: str, mixed_conditions: bool = Fa
         if differences and not mixed_conditions:
             row.update(dict.fromkeys(SECONDS_COLUMNS, math.nan))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def _and_list(parts: list[str]) -> str:
@@ -322,53 +355,53 @@ def conditions_sentence(mixed: str, allowed: bool) -> str:
     return f"Seconds are not compared: runs differ in {named}; pass --mixed-conditions to compare them anyway."
 
 
-def _statement(row, base_row, target: tuple[float, str] | None, baseline: str, mixed_allowed: bool) -> str:
-    text = _comparison(row, base_row, target, baseline, seconds=mixed_allowed or not row.mixed_conditions)
-    conditions = conditions_sentence(row.mixed_conditions, mixed_allowed)
+def _statement(row: dict, base_row: dict | None, target: tuple[float, str] | None, baseline: str, mixed_allowed: bool) -> str:
+    text = _comparison(row, base_row, target, baseline, seconds=mixed_allowed or not row["mixed_conditions"])
+    conditions = conditions_sentence(row["mixed_conditions"], mixed_allowed)
     return f"{text} {conditions}" if conditions else text
 
 
-def _comparison(row, base_row, target: tuple[float, str] | None, baseline: str, seconds: bool) -> str:
-    name = f"{row.dataset}/{row.variant}"
+def _comparison(row: dict, base_row: dict | None, target: tuple[float, str] | None, baseline: str, seconds: bool) -> str:
+    name = f"{row['dataset']}/{row['variant']}"
     if target is None:
-        return f"{name}: no target accuracy recorded for {row.dataset}; pass --target to compare."
+        return f"{name}: no target accuracy recorded for {row['dataset']}; pass --target to compare."
     if base_row is None:
-        return f"{name}: no {baseline} runs for {row.dataset}; nothing to compare against."
+        return f"{name}: no {baseline} runs for {row['dataset']}; nothing to compare against."
     goal = f"{target[0]:g} {target[1]}"
     missed = []
     for r in (row, base_row):
-        if r.n_reached < r.n:
-            missed.append(f"{r.n - r.n_reached} of {r.n} {r.variant} runs never reached {goal}")
+        if r["n_reached"] < r["n"]:
+            missed.append(f"{r['n'] - r['n_reached']} of {r['n']} {r['variant']} runs never reached {goal}")
     missed_text = f" ({'; '.join(missed)})" if missed else ""
-    if row.pairs < MIN_PAIRS:
+    if row["pairs"] < MIN_PAIRS:
         return (
-            f"{name}: only {row.pairs} seed(s) reached {goal} in both {row.variant} and {baseline}"
+            f"{name}: only {row['pairs']} seed(s) reached {goal} in both {row['variant']} and {baseline}"
             f"{missed_text}; too few to support a conclusion."
         )
     seconds_text = (
-        f", {row.speedup_seconds:.2f}x in seconds (p = {_p(row.p_seconds)}); "
-        f"an epoch costs {row.epoch_time_ratio:.2f}x the baseline's"
+        f", {row['speedup_seconds']:.2f}x in seconds (p = {_p(row['p_seconds'])}); "
+        f"an epoch costs {row['epoch_time_ratio']:.2f}x the baseline's"
         if seconds
         else ""
     )
     text = (
-        f"{name} vs {baseline}, {row.pairs} paired seeds, target {goal}: "
-        f"speedup {row.speedup_epochs:.2f}x in epochs (Wilcoxon p = {_p(row.p_epochs)})"
+        f"{name} vs {baseline}, {row['pairs']} paired seeds, target {goal}: "
+        f"speedup {row['speedup_epochs']:.2f}x in epochs (Wilcoxon p = {_p(row['p_epochs'])})"
         f"{seconds_text}{missed_text}. "
     )
-    significant = not math.isnan(row.p_epochs) and row.p_epochs < ALPHA
-    if row.pairs_differing == 0:
+    significant = not math.isnan(row["p_epochs"]) and row["p_epochs"] < ALPHA
+    if row["pairs_differing"] == 0:
         text += "Every paired seed reached the target in the same epoch: no difference in epochs."
     elif significant:
-        direction = "fewer" if row.speedup_epochs > 1 else "more"
-        text += f"{row.variant} needed {direction} epochs to the target (significant at {ALPHA})."
+        direction = "fewer" if row["speedup_epochs"] > 1 else "more"
+        text += f"{row['variant']} needed {direction} epochs to the target (significant at {ALPHA})."
     else:
         text += f"No significant difference in epochs to the target at {ALPHA}"
         # Wilcoxon drops tied pairs; n differing pairs can give p no smaller than 2 / 2^n.
-        smallest = 2 / 2**row.pairs_differing
+        smallest = 2 / 2 ** row["pairs_differing"]
         if smallest >= ALPHA:
             text += (
-                f"; with {row.pairs_differing} pairs that differ the smallest attainable p is {smallest:.4f},"
+                f"; with {row['pairs_differing']} pairs that differ the smallest attainable p is {smallest:.4f},"
                 " so more seeds are needed"
             )
         text += "."
@@ -400,33 +433,29 @@ def build_report(
     keys, sweep_targets = sweep_scope(engine, sweep) if sweep is not None else (None, None)
     # The baseline is needed for comparisons even when --variant picks another one.
     runs, epochs = _load(engine, keys, dataset)
-    if runs.empty or not runs.counted.any():
+    counted = [run for run in runs if run["counted"]]
+    if not counted:
         raise UserError("no completed runs match; check --sweep/--dataset/--variant or `tecli runs`")
-    _check_one_configuration(runs[runs.counted])
-    targets = _targets(runs[runs.counted], target, metric, sweep_targets)
-    measures = per_run(runs, epochs, targets)
+    _check_one_configuration(counted)
+    targets = _targets(counted, target, metric, sweep_targets)
+    measures, curves = per_run(counted, epochs, targets)
     groups = aggregate(measures, baseline, mixed_conditions)
+    left_out = [run for run in runs if not run["counted"]]
     if variant is not None:
-        if variant not in set(groups.variant):
+        if variant not in {g["variant"] for g in groups}:
             raise UserError(f"no completed runs of variant {variant!r}; `tecli runs` lists what is recorded")
         keep = {variant, baseline}
-        groups = groups[groups.variant.isin(keep)].reset_index(drop=True)
-        measures = measures[measures.variant.isin(keep)].reset_index(drop=True)
+        groups, measures, left_out = ([row for row in rows if row["variant"] in keep] for rows in (groups, measures, left_out))
+        curves = [curve for curve in curves if curve.variant in keep]
     statements = []
-    for row in groups.itertuples():
-        if row.variant == baseline:
+    for row in groups:
+        if row["variant"] == baseline:
             # The baseline's own runs differ: its row's seconds need a word too.
-            if row.mixed_conditions:
-                sentence = conditions_sentence(row.mixed_conditions, mixed_conditions)
-                statements.append(f"{row.dataset}/{row.variant}: {sentence}")
+            if row["mixed_conditions"]:
+                sentence = conditions_sentence(row["mixed_conditions"], mixed_conditions)
+                statements.append(f"{row['dataset']}/{row['variant']}: {sentence}")
             continue
-        base = groups[(groups.dataset == row.dataset) & (groups.variant == baseline)]
-        base_row = next(base.itertuples()) if len(base) else None
-        statements.append(_statement(row, base_row, targets.get(row.dataset), baseline, mixed_conditions))
-    left_out = runs[~runs.counted]
-    if variant is not None:
-        left_out = left_out[left_out.variant.isin({variant, baseline})]
-    excluded = left_out.status.value_counts().to_dict()
-    curves = epochs.merge(measures[["run_id", "dataset", "variant", "seed"]], on="run_id")
-    curves["cum_seconds"] = curves.sort_values(["run_id", "epoch"]).groupby("run_id").seconds.cumsum()
+        base_row = next((g for g in groups if g["dataset"] == row["dataset"] and g["variant"] == baseline), None)
+        statements.append(_statement(row, base_row, targets.get(row["dataset"]), baseline, mixed_conditions))
+    excluded = dict(Counter(run["status"] for run in left_out).most_common())  # most first, ties in run order
     return Report(measures, curves, groups, targets, statements, excluded, baseline, mixed_conditions)

@@ -33,17 +33,15 @@ def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for dataset, curves in report.curves.groupby("dataset", sort=True):
+    for dataset in sorted({c.dataset for c in report.curves}):
         fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for variant, group in curves.groupby("variant", sort=True):
-            runs = [g.sort_values("epoch") for _, g in group.groupby("run_id")]
-            epochs = min(len(r) for r in runs)
-            _band(by_epoch, np.arange(1, epochs + 1), np.array([r.test_acc.to_numpy()[:epochs] for r in runs]), variant)
-            end = min(r.cum_seconds.iloc[-1] for r in runs)
+        for variant in sorted({c.variant for c in report.curves if c.dataset == dataset}):
+            runs = [c for c in report.curves if c.dataset == dataset and c.variant == variant]
+            epochs = min(len(r.test_acc) for r in runs)
+            _band(by_epoch, np.arange(1, epochs + 1), np.array([r.test_acc[:epochs] for r in runs]), variant)
+            end = min(r.cum_seconds[-1] for r in runs)
             grid = np.linspace(0, end, GRID_POINTS)
-            start = [np.concatenate([[0.0], r.cum_seconds.to_numpy()]) for r in runs]
-            acc = [np.concatenate([[np.nan], r.test_acc.to_numpy()]) for r in runs]
-            values = np.array([np.interp(grid, t, a, left=np.nan) for t, a in zip(start, acc)])
+            values = np.array([np.interp(grid, [0.0, *r.cum_seconds], [np.nan, *r.test_acc], left=np.nan) for r in runs])
             keep = ~np.isnan(values).any(axis=0)
             _band(by_time, grid[keep], values[:, keep], variant)
         target = report.targets.get(dataset)

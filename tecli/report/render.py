@@ -9,8 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-
+from tecli.conditions import CONDITION_FIELDS
 from tecli.report.build import Report, condition_keys, condition_text
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
@@ -42,29 +41,29 @@ def _speedup(speedup, p) -> str:
 def group_rows(report: Report) -> list[list[str]]:
     return [
         [
-            g.dataset, g.variant, str(g.n), str(g.n_reached),
-            _spread(g.epochs_mean, g.epochs_std, g.epochs_median, 1),
+            g["dataset"], g["variant"], str(g["n"]), str(g["n_reached"]),
+            _spread(g["epochs_mean"], g["epochs_std"], g["epochs_median"], 1),
             # Seconds are NaN also where conditions differ (the statement says which): "-" then.
-            _spread(g.seconds_mean, g.seconds_std, g.seconds_median, 1, "not reached" if math.isnan(g.epochs_mean) else "-"),
-            f"{_num(g.final_acc_mean, 4)} ± {_num(g.final_acc_std, 4)}",
-            _num(g.epoch_time_ratio, 3), f"{g.te_share:.1%}",
-            _speedup(g.speedup_epochs, g.p_epochs), _speedup(g.speedup_seconds, g.p_seconds), g.run_ids,
+            _spread(g["seconds_mean"], g["seconds_std"], g["seconds_median"], 1, "not reached" if math.isnan(g["epochs_mean"]) else "-"),
+            f"{_num(g['final_acc_mean'], 4)} ± {_num(g['final_acc_std'], 4)}",
+            _num(g["epoch_time_ratio"], 3), f"{g['te_share']:.1%}",
+            _speedup(g["speedup_epochs"], g["p_epochs"]), _speedup(g["speedup_seconds"], g["p_seconds"]), g["run_ids"],
         ]  # fmt: skip
-        for g in report.groups.itertuples()
+        for g in report.groups
     ]
 
 
 def run_rows(report: Report) -> list[list[str]]:
     return [
         [
-            str(r.run_id), r.dataset, r.variant, str(r.seed), f"{r.epochs_done}/{r.epochs_planned}",
-            "not reached" if math.isnan(r.epochs_to_target) else str(int(r.epochs_to_target)),
-            _num(r.seconds_to_target, 1), _num(r.final_acc, 4), _num(r.best_acc, 4),
-            _num(r.mean_epoch_s, 2), f"{r.te_share:.1%}",
-            _device_text(r.device, r.gpu_name), condition_text("threads", r.threads),
-            condition_text("code_version", r.code_version),
+            str(r["run_id"]), r["dataset"], r["variant"], str(r["seed"]), f"{r['epochs_done']}/{r['epochs_planned']}",
+            "not reached" if r["epochs_to_target"] is None else str(r["epochs_to_target"]),
+            _num(r["seconds_to_target"], 1), _num(r["final_acc"], 4), _num(r["best_acc"], 4),
+            _num(r["mean_epoch_s"], 2), f"{r['te_share']:.1%}",
+            _device_text(r["device"], r["gpu_name"]), condition_text("threads", r["threads"]),
+            condition_text("code_version", r["code_version"]),
         ]  # fmt: skip
-        for r in report.runs.itertuples()
+        for r in report.runs
     ]
 
 
@@ -76,14 +75,16 @@ def _device_text(device, gpu_name) -> str:
 
 def _conditions_line(report: Report) -> str:
     """Each set of conditions the listed runs were measured under, most runs first."""
-    sets = Counter(condition_keys(report.runs))  # tuples in CONDITION_FIELDS order
-    parts = [
-        f"device {_device_text(device, gpu)}, threads {condition_text('threads', threads)}, "
-        f"cpu_model {condition_text('cpu_model', cpu)}, code_version {condition_text('code_version', code)} "
-        f"({n} run{'s' if n != 1 else ''})"
-        for (device, gpu, threads, cpu, code), n in sets.most_common()
-    ]
+    sets = Counter(condition_keys(report.runs))
+    parts = [f"{_conditions_text(key)} ({n} run{'s' if n != 1 else ''})" for key, n in sets.most_common()]
     return "Conditions of measurement: " + "; ".join(parts) + "."
+
+
+def _conditions_text(key: tuple) -> str:
+    """One set of conditions (a condition_keys tuple) as text, the GPU name beside the device."""
+    values = dict(zip(CONDITION_FIELDS, key))
+    others = [f"{name} {condition_text(name, v)}" for name, v in values.items() if name not in ("device", "gpu_name")]
+    return ", ".join([f"device {_device_text(values['device'], values['gpu_name'])}", *others])
 
 
 def _seconds_rule(report: Report) -> str:
@@ -94,7 +95,7 @@ def _seconds_rule(report: Report) -> str:
         )
     return (
         "Seconds (to target, epoch time, speedup) are compared only between runs measured under the same "
-        "conditions (device and GPU, threads, CPU model, code version); where these differ they show as - "
+        "conditions (device and GPU, threads, memory format, CPU model, code version); where these differ they show as - "
         "and the statement names the difference."
     )
 
@@ -147,8 +148,20 @@ def markdown(report: Report, images: list[Path]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records", double_precision=15))
+def _frame(rows: list[dict]):
+    """Rows as a pandas DataFrame, for csv and json as earlier reports wrote them (pandas' number
+    formats); pandas is imported only here. Conditions stay as they are, so that a NULL thread
+    count beside numbers is null rather than making the others floats."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for name in CONDITION_FIELDS:
+        frame[name] = pd.Series([row[name] for row in rows], dtype=object)
+    return frame
+
+
+def _records(rows: list[dict]) -> list[dict]:
+    return json.loads(_frame(rows).to_json(orient="records", double_precision=15))
 
 
 def to_json(report: Report) -> str:
@@ -167,7 +180,7 @@ def to_json(report: Report) -> str:
 
 
 def to_csv(report: Report) -> str:
-    return report.groups.to_csv(index=False)
+    return _frame(report.groups).to_csv(index=False)
 
 
 def _html_table(headers, rows) -> str:
@@ -219,13 +232,13 @@ def print_tables(report: Report) -> None:
     table = Table(title="per data set and variant (markdown/html add medians, TE share and run ids)", box=box.SIMPLE_HEAD)
     for header in ("data set", "variant", "reached", "epochs to target", "seconds to target", "final acc", "epoch time", "speedup epochs", "speedup s"):
         table.add_column(header, no_wrap=header in ("data set", "variant"))
-    for g in report.groups.itertuples():
+    for g in report.groups:
         table.add_row(
-            g.dataset, g.variant, f"{g.n_reached}/{g.n}",
-            "-" if math.isnan(g.epochs_mean) else f"{g.epochs_mean:.1f} ± {_num(g.epochs_std, 1)}",
-            "-" if math.isnan(g.seconds_mean) else f"{g.seconds_mean:.1f} ± {_num(g.seconds_std, 1)}",
-            f"{g.final_acc_mean:.4f}", "-" if math.isnan(g.epoch_time_ratio) else f"{g.epoch_time_ratio:.2f}x",
-            _speedup(g.speedup_epochs, g.p_epochs), _speedup(g.speedup_seconds, g.p_seconds),
+            g["dataset"], g["variant"], f"{g['n_reached']}/{g['n']}",
+            "-" if math.isnan(g["epochs_mean"]) else f"{g['epochs_mean']:.1f} ± {_num(g['epochs_std'], 1)}",
+            "-" if math.isnan(g["seconds_mean"]) else f"{g['seconds_mean']:.1f} ± {_num(g['seconds_std'], 1)}",
+            f"{g['final_acc_mean']:.4f}", "-" if math.isnan(g["epoch_time_ratio"]) else f"{g['epoch_time_ratio']:.2f}x",
+            _speedup(g["speedup_epochs"], g["p_epochs"]), _speedup(g["speedup_seconds"], g["p_seconds"]),
         )  # fmt: skip
     console.print(table)
     for statement in report.statements:
