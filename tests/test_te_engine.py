@@ -1,10 +1,19 @@
 """The Numba TE engine against an entropy-based NumPy reference and against pyinform."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pyinform
 import pytest
 
-from tecli.te import transfer_entropy, transfer_entropy_pairs
+from tecli.te import (
+    engine,
+    pack_bits,
+    pack_bits_torch,
+    transfer_entropy,
+    transfer_entropy_pairs,
+)
 
 TOL = 1e-9
 
@@ -146,3 +155,97 @@ def test_bad_input_raises_value_error(call, message):
 def test_values_that_wrap_in_uint8_are_not_binary(bad):
     with pytest.raises(ValueError, match="binary"):
         transfer_entropy(np.array(bad, dtype=np.int64), np.array([0, 1, 1]))
+
+
+BINARY_DTYPES = [bool, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64]
+
+
+@pytest.mark.parametrize("dtype", BINARY_DTYPES)
+def test_every_binary_dtype_gives_the_same_matrix(dtype):
+    rng = np.random.default_rng(9)
+    sources = rng.integers(0, 2, (6, 200))  # 200: three full words and a partial one
+    targets = rng.integers(0, 2, (4, 200))
+    expected = transfer_entropy_pairs(sources, targets)
+    np.testing.assert_array_equal(transfer_entropy_pairs(sources.astype(dtype), targets.astype(dtype)), expected)
+
+
+@pytest.mark.parametrize("dtype", BINARY_DTYPES)
+@pytest.mark.parametrize("where", [(0, 3), (2, 130), (5, 199)])  # first word, a later full word, the partial last
+def test_non_binary_values_are_rejected_in_every_dtype(dtype, where):
+    values = [2] if dtype is bool else [2, np.iinfo(dtype).max]
+    if dtype is not bool and np.iinfo(dtype).min < 0:
+        values += [-1, np.iinfo(dtype).min]
+    for value in values:
+        sources = np.zeros((6, 200), dtype)
+        if dtype is bool:  # a bool byte other than 0/1, as a view of uint8 can make
+            sources = sources.view(np.uint8)
+            sources[where] = value
+            sources = sources.view(bool)
+        else:
+            sources[where] = value
+        with pytest.raises(ValueError, match="sources must be binary"):
+            transfer_entropy_pairs(sources, np.zeros((4, 200), dtype))
+
+
+def test_strided_and_byte_swapped_inputs():
+    rng = np.random.default_rng(4)
+    sources = rng.integers(0, 2, (5, 300))
+    targets = rng.integers(0, 2, (3, 300))
+    expected = transfer_entropy_pairs(sources, targets)
+    f_order = np.asfortranarray(sources.astype(bool))  # what torch's .t().numpy() hands over
+    np.testing.assert_array_equal(transfer_entropy_pairs(f_order, targets), expected)
+    wide = np.zeros((5, 600), np.int64)
+    wide[:, ::2] = sources
+    np.testing.assert_array_equal(transfer_entropy_pairs(wide[:, ::2], targets), expected)
+    np.testing.assert_array_equal(transfer_entropy_pairs(sources.astype(">i4"), targets.astype(">u2")), expected)
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 130, 1000])
+def test_pack_bits_is_numpy_little_endian_packbits(length):
+    rng = np.random.default_rng(length)
+    series = rng.integers(0, 2, (3, length))
+    packed = np.packbits(series.astype(np.uint8), axis=1, bitorder="little")
+    padded = np.zeros((3, 8 * ((length + 63) // 64)), np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    np.testing.assert_array_equal(pack_bits(series), padded.view("<u8"))
+    np.testing.assert_array_equal(pack_bits(series.astype(bool)), padded.view("<u8"))
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 1024])
+def test_pack_bits_torch_equals_the_numpy_packing(length):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(length)
+    active = rng.integers(0, 2, (7, length)).astype(bool)
+    words = pack_bits_torch(torch.from_numpy(active))
+    assert words.dtype == torch.int64 and tuple(words.shape) == (7, (length + 63) // 64)
+    np.testing.assert_array_equal(words.numpy().view(np.uint64), pack_bits(active))
+    transposed = torch.from_numpy(np.ascontiguousarray(active.T)).t()  # non-contiguous, as in the feedback
+    np.testing.assert_array_equal(pack_bits_torch(transposed).numpy().view(np.uint64), pack_bits(active))
+
+
+def test_pack_bits_torch_wants_a_2d_bool_tensor():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="2-D bool tensor"):
+        pack_bits_torch(torch.zeros((2, 8), dtype=torch.int64))
+
+
+@pytest.mark.parametrize("delay", [0, 1, 3])
+def test_parallel_kernels_equal_serial_ones(monkeypatch, delay):
+    rng = np.random.default_rng(delay)
+    sources = rng.integers(0, 2, (9, 300)).astype(bool)
+    targets = rng.integers(0, 2, (7, 300))
+    pairs = np.stack([rng.integers(0, 9, 40), rng.integers(0, 7, 40)], axis=1)
+    matrix = transfer_entropy_pairs(sources, targets, delay=delay)
+    listed = transfer_entropy_pairs(sources, targets, pairs, delay)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)
+    np.testing.assert_array_equal(transfer_entropy_pairs(sources, targets, delay=delay), matrix)
+    np.testing.assert_array_equal(transfer_entropy_pairs(sources, targets, pairs, delay), listed)
+    with pytest.raises(ValueError, match="targets must be binary"):
+        transfer_entropy_pairs(sources, targets - 1, delay=delay)
+    with pytest.raises(ValueError, match="sources must be binary"):
+        transfer_entropy_pairs(2 * sources.astype(np.int8), targets, pairs, delay)
+
+
+def test_importing_the_engine_does_not_import_torch():
+    code = "import sys, tecli.te; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

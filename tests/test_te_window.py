@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tecli.te import SlidingPairTE, transfer_entropy_pairs
+from tecli.te import SlidingPairTE, engine, transfer_entropy_pairs
 
 
 @pytest.mark.parametrize("delay", [0, 1, 2])
@@ -45,3 +45,41 @@ def test_block_shape_is_checked():
     window = SlidingPairTE(3, 2, np.array([[0, 0]]), window_blocks=2)
     with pytest.raises(ValueError, match="block shapes"):
         window.push(np.zeros((2, 8), int), np.zeros((2, 8), int))
+
+
+def test_blocks_of_any_binary_layout_and_dtype_give_the_same_window(monkeypatch):
+    rng = np.random.default_rng(2)
+    sources = rng.integers(0, 2, (5, 300))
+    targets = rng.integers(0, 2, (4, 300))
+    pairs = np.array([[0, 0], [4, 3], [2, 1]])
+    results = []
+    for as_block in (
+        lambda a: a,  # int64
+        lambda a: np.asfortranarray(a.astype(bool)),  # what the feedback pushes: torch's .t().numpy()
+        lambda a: a.astype(np.uint8),
+    ):
+        window = SlidingPairTE(5, 4, pairs, window_blocks=3, delay=2)
+        for k in range(0, 300, 60):
+            window.push(as_block(sources[:, k : k + 60]), as_block(targets[:, k : k + 60]))
+        assert window.state_dict()["carry_src"].dtype == np.uint8
+        results.append(window.te())
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    expected = transfer_entropy_pairs(sources[:, 118:], targets[:, 118:], pairs, 2)  # 3 blocks and h = 2 carried
+    np.testing.assert_allclose(results[0], expected, rtol=0, atol=1e-12)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)  # the parallel counting kernel counts the same
+    window = SlidingPairTE(5, 4, pairs, window_blocks=3, delay=2)
+    for k in range(0, 300, 60):
+        window.push(sources[:, k : k + 60], targets[:, k : k + 60])
+    np.testing.assert_array_equal(window.te(), results[0])
+
+
+def test_block_values_are_checked_before_the_window_changes():
+    window = SlidingPairTE(3, 2, np.array([[0, 0]]), window_blocks=2)
+    window.push(np.ones((3, 8), int), np.ones((2, 8), int))
+    before = window.state_dict()
+    with pytest.raises(ValueError, match="targets must be binary"):
+        window.push(np.zeros((3, 8), int), np.full((2, 8), 2))
+    after = window.state_dict()
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value)

@@ -13,9 +13,21 @@ follows from N and seven popcounts over bit-packed words:
     per pair:                                       #(a&c), #(b&c), #(a&b&c)
 
 Only the three per-pair popcounts cost O(P * N / 64); everything else is
-O((n_src + n_tgt) * N / 64).  Counts are additive over disjoint sets of triples,
-which is what `tecli.te.window.SlidingPairTE` uses to slide a window over a stream
-of mini-batches without repacking old samples.
+O((n_src + n_tgt) * N / 64).  One kernel call does all of it, from the raw arrays:
+
+1. It packs them into uint64 words (`tecli.te.packing.pack_rows`) in one pass that
+   also checks that every value is 0 or 1.  Bool and every integer width are read in
+   place (as bytes, seen as unsigned integers of their width), with no converted copy;
+   the parallel kernel packs in parallel too.
+2. The a, b and c streams are bit slices of those words at offsets h, h-1 and h-d.
+3. The per-pair popcounts go straight to TE, without counts written to memory.  For
+   the full matrix the kernel goes target by target with the sources in SIMD lanes
+   (c stored word-major), so the accumulators of all sources of a target are vectors
+   and no pair needs a horizontal sum; for a list of pairs it goes pair by pair.
+
+Counts are additive over disjoint sets of triples, which is what
+`tecli.te.window.SlidingPairTE` uses to slide a window over a stream of mini-batches;
+it asks the pairs kernel for counts (`count_triples`) instead of TE.
 """
 
 from __future__ import annotations
@@ -27,11 +39,23 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from tecli.te.packing import as_bytes, binary_view, not_binary, pack_rows
+
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+_WORD = np.uint64(64)
+
+# Below this many word operations a parallel launch costs more than it saves, and idle
+# worker threads spinning after it would steal cores from torch during training.  A
+# kernel's work is pairs x (words per series, plus TE_WORK when it computes TE).
+PARALLEL_MIN_WORK = 1 << 16
+TE_WORK = 6  # a pair's TE from its counts costs about as much as 6 word operations
+
 
 @intrinsic
 def _popcount(typingctx, word):
-    """Hardware popcount (LLVM ctpop) of a uint64."""
-    sig = types.uint64(types.uint64)
+    """Hardware popcount (LLVM ctpop) of a uint64, as an int64 (to add to counts)."""
+    sig = types.int64(types.uint64)
 
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
@@ -39,126 +63,327 @@ def _popcount(typingctx, word):
     return sig, codegen
 
 
-def _pack(bits, start, length):
-    """Pack bits[:, start:start+length] (uint8 0/1) into zero-padded uint64 words.
-
-    Every series is packed the same way, so the bit order inside a word does not
-    matter for the popcounts of their ANDs.
-    """
-    packed = np.packbits(bits[:, start : start + length], axis=1, bitorder="little")
-    out = np.zeros((bits.shape[0], 8 * ((length + 63) // 64)), np.uint8)
-    out[:, : packed.shape[1]] = packed
-    return out.view(np.uint64)
+@nb.njit(inline="always")
+def _block(n, n_blocks, k):
+    """Bounds of the k-th of n_blocks near-equal contiguous blocks of range(n)."""
+    return k * n // n_blocks, (k + 1) * n // n_blocks
 
 
-@nb.njit(cache=True)
-def _row_counts(a, b):
-    """Per row: #a, #b, #(a&b)."""
-    out = np.zeros((a.shape[0], 3), np.int64)
-    for r in range(a.shape[0]):
-        for w in range(a.shape[1]):
-            out[r, 0] += _popcount(a[r, w])
-            out[r, 1] += _popcount(b[r, w])
-            out[r, 2] += _popcount(a[r, w] & b[r, w])
-    return out
-
-
-@nb.njit(cache=True)
-def _row_popcounts(c):
-    out = np.zeros(c.shape[0], np.int64)
-    for r in range(c.shape[0]):
-        for w in range(c.shape[1]):
-            out[r] += _popcount(c[r, w])
-    return out
+# ---------------------------------------------------------------- streams
 
 
 @nb.njit(inline="always")
-def _count_pair(a, b, c, i, j, out, p):
-    """out[p] = #(a_j & c_i), #(b_j & c_i), #(a_j & b_j & c_i)."""
-    n_ac = 0
-    n_bc = 0
-    n_abc = 0
+def _bit_slice(words, row, start, length, out, out_row):
+    """out[out_row] = bits start .. start+length-1 (length >= 1) of words[row], moved down
+    to bit 0.  Rows go by index (a row view would cost a reference count each), and
+    indices are unsigned (no negative-index check).
+
+    Word w takes its high bits from word w+1 of the source; that word exists for all
+    but the last output word.  A shift by 0 copies (a shift by 64 would be undefined).
+    """
+    row, out_row = np.uint64(row), np.uint64(out_row)
+    first = np.uint64(start // 64)
+    shift = np.uint64(start % 64)
+    last = np.uint64(out.shape[1] - 1)
+    if shift:
+        for w in range(last):
+            out[out_row, w] = (words[row, first + w] >> shift) | (words[row, first + w + _ONE] << (_WORD - shift))
+    else:
+        for w in range(last):
+            out[out_row, w] = words[row, first + w]
+    word = words[row, first + last] >> shift
+    if shift and first + last + _ONE < np.uint64(words.shape[1]):
+        word |= words[row, first + last + _ONE] << (_WORD - shift)
+    if length % 64:
+        word &= (_ONE << np.uint64(length % 64)) - _ONE
+    out[out_row, last] = word
+
+
+@nb.njit(inline="always")
+def _ones(words, row):
+    total = 0
+    for w in range(words.shape[1]):
+        total += _popcount(words[row, w])
+    return total
+
+
+@nb.njit(inline="always")
+def _target_words(y, j, h, n, a, b, ab, k):
+    """a[k], b[k], ab[k] = the a, b and a&b streams of target j; returns #a, #b, #(a&b)."""
+    _bit_slice(y, j, h, n, a, k)
+    _bit_slice(y, j, h - 1, n, b, k)
     for w in range(a.shape[1]):
-        ac = a[j, w] & c[i, w]
-        n_ac += _popcount(ac)
-        n_bc += _popcount(b[j, w] & c[i, w])
-        n_abc += _popcount(ac & b[j, w])
-    out[p, 0] = n_ac
-    out[p, 1] = n_bc
-    out[p, 2] = n_abc
-
-
-# Two kernels with their own bodies: Numba's on-disk cache keys on the function's
-# bytecode and signature, not on `parallel`, so one body compiled twice would share
-# (and mix up) a single cache entry.
-@nb.njit(cache=True)
-def _pair_counts_serial(a, b, c, pairs):
-    out = np.empty((pairs.shape[0], 3), np.int64)
-    for p in range(pairs.shape[0]):
-        _count_pair(a, b, c, pairs[p, 0], pairs[p, 1], out, p)
-    return out
-
-
-@nb.njit(cache=True, parallel=True)
-def _pair_counts_parallel(a, b, c, pairs):
-    out = np.empty((pairs.shape[0], 3), np.int64)
-    for p in nb.prange(pairs.shape[0]):
-        _count_pair(a, b, c, pairs[p, 0], pairs[p, 1], out, p)
-    return out
-
-
-# Below this many word operations a parallel launch costs more than it saves, and idle
-# worker threads spinning after it would steal cores from torch during training.
-PARALLEL_MIN_WORK = 1 << 16
-
-
-def _pair_counts(a, b, c, pairs):
-    if len(pairs) * a.shape[1] < PARALLEL_MIN_WORK:
-        return _pair_counts_serial(a, b, c, pairs)
-    return _pair_counts_parallel(a, b, c, pairs)
+        ab[k, w] = a[k, w] & b[k, w]
+    return _ones(a, k), _ones(b, k), _ones(ab, k)
 
 
 @nb.njit(cache=True)
-def _te_from_counts(n, target, source, pair, pairs):
-    """TE in bits per pair from the additive counts (see TripleCounts).
+def _source_streams(src, size, x, start, n, c, source, lo, hi):
+    """Sources lo..hi-1 (raw bytes as for `pack_rows`): packed into x, their c streams
+    (bits start .. start+n-1) into c and #c into source.  Returns nonzero if one of
+    their values is not 0 or 1."""
+    bad = pack_rows(src, size, x, lo, hi)
+    for i in range(lo, hi):
+        _bit_slice(x, i, start, n, c, i)
+        source[i] = _ones(c, i)
+    return bad
+
+
+# ---------------------------------------------------------------- TE from counts
+
+_klogk = np.zeros(2)  # k log2 k for k = 0 .. len-1; grown, never recomputed
+
+
+def klogk_table(n: int) -> np.ndarray:
+    """The k log2 k table covering k = 0 .. n (module-level, grown when needed)."""
+    global _klogk
+    table = _klogk
+    if len(table) <= n:
+        k = np.arange(len(table), max(n + 1, 2 * len(table)), dtype=np.float64)
+        table = _klogk = np.concatenate([table, k * np.log2(k)])
+    return table
+
+
+@nb.njit(inline="always")
+def _target_part(n, a, b, ab, klogk):
+    """S(b) - S(ab): the part of the TE of every pair of a target that it fixes alone."""
+    n, a, b, ab = np.uint64(n), np.uint64(a), np.uint64(b), np.uint64(ab)
+    return (klogk[b] + klogk[n - b]) - (klogk[ab] + klogk[a - ab] + klogk[b - ab] + klogk[n - a - b + ab])
+
+
+@nb.njit(inline="always")
+def _te(n, a, b, ab, target_part, c, ac, bc, abc, klogk):
+    """TE in bits of one pair from its counts.
 
     TE = H(a,b) - H(b) - H(a,b,c) + H(b,c); with plug-in entropies
     H = log2 N - (1/N) sum k log2 k, so TE = (1/N) [S(abc) - S(ab) - S(bc) + S(b)]
     where S sums k log2 k over the cells of that joint count.  k log2 k comes from a
-    table over 0..N: no logarithm per pair.
+    table over 0..N: no logarithm per pair, and 1/N is hoisted out of pair loops.  The
+    cell counts are computed as uint64 (exact: every cell is >= 0), which spares each
+    lookup a negative-index check.
     """
+    n, a, b, ab = np.uint64(n), np.uint64(a), np.uint64(b), np.uint64(ab)
+    c, ac, bc, abc = np.uint64(c), np.uint64(ac), np.uint64(bc), np.uint64(abc)
+    s_abc = (
+        klogk[abc]
+        + klogk[ab - abc]
+        + klogk[ac - abc]
+        + klogk[bc - abc]
+        + klogk[a - ab - ac + abc]
+        + klogk[b - ab - bc + abc]
+        + klogk[c - ac - bc + abc]
+        + klogk[n - a - b - c + ab + ac + bc - abc]
+    )
+    s_bc = klogk[bc] + klogk[b - bc] + klogk[c - bc] + klogk[n - b - c + bc]
+    return (s_abc - s_bc + target_part) * (1.0 / n)
+
+
+@nb.njit(cache=True)
+def _te_from_counts(n, target, source, pair, pairs, klogk):
     out = np.zeros(pairs.shape[0], np.float64)
     if n == 0:
         return out
-    klogk = np.zeros(n + 1, np.float64)
-    for k in range(2, n + 1):
-        klogk[k] = k * np.log2(k)
-    # target side: S(b) - S(ab), shared by every pair of a target
-    target_part = np.empty(target.shape[0], np.float64)
+    parts = np.empty(target.shape[0], np.float64)
     for j in range(target.shape[0]):
-        a, b, ab = target[j, 0], target[j, 1], target[j, 2]
-        target_part[j] = (klogk[b] + klogk[n - b]) - (
-            klogk[ab] + klogk[a - ab] + klogk[b - ab] + klogk[n - a - b + ab]
-        )
+        parts[j] = _target_part(n, target[j, 0], target[j, 1], target[j, 2], klogk)
     for p in range(pairs.shape[0]):
-        i = pairs[p, 0]
-        j = pairs[p, 1]
-        a, b, ab = target[j, 0], target[j, 1], target[j, 2]
-        c = source[i]
-        ac, bc, abc = pair[p, 0], pair[p, 1], pair[p, 2]
-        s_abc = (
-            klogk[abc]
-            + klogk[ab - abc]
-            + klogk[ac - abc]
-            + klogk[bc - abc]
-            + klogk[a - ab - ac + abc]
-            + klogk[b - ab - bc + abc]
-            + klogk[c - ac - bc + abc]
-            + klogk[n - a - b - c + ab + ac + bc - abc]
-        )
-        s_bc = klogk[bc] + klogk[b - bc] + klogk[c - bc] + klogk[n - b - c + bc]
-        out[p] = (s_abc - s_bc + target_part[j]) / n
+        i, j = pairs[p, 0], pairs[p, 1]
+        out[p] = _te(n, target[j, 0], target[j, 1], target[j, 2], parts[j],
+                     source[i], pair[p, 0], pair[p, 1], pair[p, 2], klogk)  # fmt: skip
     return out
+
+
+# ---------------------------------------------------------------- the full matrix
+
+
+@nb.njit(cache=True)
+def _matrix_arrays(n_src, n_tgt, length, delay):
+    """x and y (packed series), c_words (the c streams, word-major: (W, n_src)), the #c
+    per source and the output matrix."""
+    n_words = (length - max(1, delay) + 63) // 64
+    series_words = (length + 63) // 64
+    return (np.empty((n_src, series_words), np.uint64), np.empty((n_tgt, series_words), np.uint64),
+            np.empty((n_words, n_src), np.uint64), np.empty(n_src, np.int64),
+            np.empty((n_tgt, n_src), np.float64))  # fmt: skip
+
+
+@nb.njit(cache=True)
+def _matrix_rows(tgt, size, y, delay, c_words, source, klogk, lo, hi, out):
+    """out[j, :] = TE(every source -> target j) for targets lo..hi-1, packed here into y;
+    returns nonzero if one of their values is not 0 or 1.
+
+    c_words is (W, n_src): the inner loop runs over sources, each in a SIMD lane,
+    so its accumulators vectorize and no pair needs a horizontal sum.
+    """
+    bad = pack_rows(tgt, size, y, lo, hi)
+    h = max(1, delay)
+    n = tgt.shape[1] // size - h
+    n_src = c_words.shape[1]
+    a = np.empty((1, c_words.shape[0]), np.uint64)
+    b = np.empty_like(a)
+    ab = np.empty_like(a)
+    acc_ac = np.empty(n_src, np.int64)
+    acc_bc = np.empty(n_src, np.int64)
+    acc_abc = np.empty(n_src, np.int64)
+    for j in range(lo, hi):
+        n_a, n_b, n_ab = _target_words(y, j, h, n, a, b, ab, 0)
+        part = _target_part(n, n_a, n_b, n_ab, klogk)
+        acc_ac[:] = 0
+        acc_bc[:] = 0
+        acc_abc[:] = 0
+        for w in range(c_words.shape[0]):
+            aw, bw, abw = a[0, w], b[0, w], ab[0, w]
+            for i in range(n_src):
+                cw = c_words[w, i]
+                acc_ac[i] += _popcount(aw & cw)
+                acc_bc[i] += _popcount(bw & cw)
+                acc_abc[i] += _popcount(abw & cw)
+        for i in range(n_src):
+            out[j, i] = _te(n, n_a, n_b, n_ab, part, source[i], acc_ac[i], acc_bc[i], acc_abc[i], klogk)
+    return bad
+
+
+# Every kernel comes as a serial and a parallel function with their own bodies, the same
+# but for range / prange: Numba's on-disk cache keys on the function's bytecode and
+# signature, not on `parallel`, so one body compiled twice would share (and mix up) a
+# single cache entry.  The serial one is called with n_blocks = 1.  The kernels take the
+# raw (n, T) arrays, as their bytes and the size of an element (see `pack_rows`), and
+# return, last, whether the sources and the targets held a value other than 0 or 1 (their
+# other results are then meaningless).  The matrix kernels pack each block of targets in
+# its row loop, after the pairs of earlier targets: a bad target still yields counts
+# within 0..N (they count bits of masked streams), so only numbers that are not returned.
+@nb.njit(cache=True)
+def _matrix_serial(src, src_size, tgt, tgt_size, delay, klogk, n_blocks):
+    length = src.shape[1] // src_size
+    x, y, c_words, source, out = _matrix_arrays(src.shape[0], tgt.shape[0], length, delay)
+    h = max(1, delay)
+    bad_src = 0
+    for k in range(n_blocks):
+        lo, hi = _block(src.shape[0], n_blocks, k)
+        bad_src += _source_streams(src, src_size, x, h - delay, length - h, c_words.T, source, lo, hi) != _ZERO
+    if bad_src:
+        return out, True, False
+    bad_tgt = 0
+    for k in range(n_blocks):
+        lo, hi = _block(tgt.shape[0], n_blocks, k)
+        bad_tgt += _matrix_rows(tgt, tgt_size, y, delay, c_words, source, klogk, lo, hi, out) != _ZERO
+    return out, False, bad_tgt > 0
+
+
+@nb.njit(cache=True, parallel=True)
+def _matrix_parallel(src, src_size, tgt, tgt_size, delay, klogk, n_blocks):
+    length = src.shape[1] // src_size
+    x, y, c_words, source, out = _matrix_arrays(src.shape[0], tgt.shape[0], length, delay)
+    h = max(1, delay)
+    bad_src = 0
+    for k in nb.prange(n_blocks):
+        lo, hi = _block(src.shape[0], n_blocks, k)
+        bad_src += _source_streams(src, src_size, x, h - delay, length - h, c_words.T, source, lo, hi) != _ZERO
+    if bad_src:
+        return out, True, False
+    bad_tgt = 0
+    for k in nb.prange(n_blocks):
+        lo, hi = _block(tgt.shape[0], n_blocks, k)
+        bad_tgt += _matrix_rows(tgt, tgt_size, y, delay, c_words, source, klogk, lo, hi, out) != _ZERO
+    return out, False, bad_tgt > 0
+
+
+# ---------------------------------------------------------------- a list of pairs
+
+
+@nb.njit(cache=True)
+def _pairs_arrays(n_src, n_tgt, length, delay):
+    """x, y (packed series), c (n_src, W), #c, a, b, ab (n_tgt, W), #a #b #(a&b) and
+    the target parts of TE."""
+    n_words = (length - max(1, delay) + 63) // 64
+    series_words = (length + 63) // 64
+    return (np.empty((n_src, series_words), np.uint64), np.empty((n_tgt, series_words), np.uint64),
+            np.empty((n_src, n_words), np.uint64), np.empty(n_src, np.int64),
+            np.empty((n_tgt, n_words), np.uint64), np.empty((n_tgt, n_words), np.uint64),
+            np.empty((n_tgt, n_words), np.uint64), np.empty((n_tgt, 3), np.int64),
+            np.empty(n_tgt, np.float64))  # fmt: skip
+
+
+@nb.njit(cache=True)
+def _target_streams(tgt, size, y, h, n, klogk, a, b, ab, target, parts, lo, hi):
+    """Targets lo..hi-1 (raw bytes as for `pack_rows`): packed into y, their streams
+    into a, b, ab, their counts into target and their parts of TE into parts.  Returns
+    nonzero if one of their values is not 0 or 1."""
+    bad = pack_rows(tgt, size, y, lo, hi)
+    for j in range(lo, hi):
+        n_a, n_b, n_ab = _target_words(y, j, h, n, a, b, ab, j)
+        target[j, 0], target[j, 1], target[j, 2] = n_a, n_b, n_ab
+        parts[j] = _target_part(n, n_a, n_b, n_ab, klogk)
+    return bad
+
+
+@nb.njit(cache=True)
+def _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te, counts):
+    """Pairs lo..hi-1: their TE into te when it is not empty, else their counts into counts.
+    (Unsigned indices: no negative-index checks in the word loop.)"""
+    for p in range(lo, hi):
+        i, j = np.uint64(pairs[p, 0]), np.uint64(pairs[p, 1])
+        ac = 0
+        bc = 0
+        abc = 0
+        for w in range(np.uint64(c.shape[1])):
+            cw = c[i, w]
+            ac += _popcount(a[j, w] & cw)
+            bc += _popcount(b[j, w] & cw)
+            abc += _popcount(ab[j, w] & cw)
+        if te.shape[0]:
+            te[p] = _te(n, target[j, 0], target[j, 1], target[j, 2], parts[j], source[i], ac, bc, abc, klogk)
+        else:
+            counts[p, 0] = ac
+            counts[p, 1] = bc
+            counts[p, 2] = abc
+
+
+@nb.njit(cache=True)
+def _pairs_serial(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, counts, n_blocks):
+    """TE of the pairs into te, or (te empty) their counts into counts; returns the
+    target and source counts."""
+    length = src.shape[1] // src_size
+    x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
+    h = max(1, delay)
+    n = length - h
+    bad_src = 0
+    bad_tgt = 0
+    for k in range(n_blocks):
+        lo, hi = _block(src.shape[0], n_blocks, k)
+        bad_src += _source_streams(src, src_size, x, h - delay, n, c, source, lo, hi) != _ZERO
+        lo, hi = _block(tgt.shape[0], n_blocks, k)
+        bad_tgt += _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, lo, hi) != _ZERO
+    if bad_src or bad_tgt:
+        return target, source, bad_src > 0, bad_tgt > 0
+    for k in range(n_blocks):
+        lo, hi = _block(pairs.shape[0], n_blocks, k)
+        _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te, counts)
+    return target, source, False, False
+
+
+@nb.njit(cache=True, parallel=True)
+def _pairs_parallel(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, counts, n_blocks):
+    length = src.shape[1] // src_size
+    x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
+    h = max(1, delay)
+    n = length - h
+    bad_src = 0
+    bad_tgt = 0
+    for k in nb.prange(n_blocks):
+        lo, hi = _block(src.shape[0], n_blocks, k)
+        bad_src += _source_streams(src, src_size, x, h - delay, n, c, source, lo, hi) != _ZERO
+        lo, hi = _block(tgt.shape[0], n_blocks, k)
+        bad_tgt += _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, lo, hi) != _ZERO
+    if bad_src or bad_tgt:
+        return target, source, bad_src > 0, bad_tgt > 0
+    for k in nb.prange(n_blocks):
+        lo, hi = _block(pairs.shape[0], n_blocks, k)
+        _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te, counts)
+    return target, source, False, False
+
+
+# ---------------------------------------------------------------- the Python side
 
 
 class TripleCounts(NamedTuple):
@@ -180,35 +405,49 @@ def history(delay: int) -> int:
     return max(1, delay)
 
 
-def count_triples_unchecked(sources, targets, pairs, delay):
-    """TripleCounts of validated uint8 (n, T) series; the hot path of the feedback."""
-    h = history(delay)
-    n = targets.shape[1] - h
-    a = _pack(targets, h, n)
-    b = _pack(targets, h - 1, n)
-    c = _pack(sources, h - delay, n)
-    return TripleCounts(n, _row_counts(a, b), _row_popcounts(c), _pair_counts(a, b, c, pairs))
+def _check_values(bad_sources: bool, bad_targets: bool, names: tuple[str, str]) -> None:
+    """Raise for the first of sources and targets that a kernel found not binary."""
+    for bad, name in zip((bad_sources, bad_targets), names):
+        if bad:
+            raise not_binary(name)
+
+
+def _kernel(serial, parallel, work: int):
+    """(kernel, n_blocks): the serial one in one block below PARALLEL_MIN_WORK, else the
+    parallel one in a block per thread.  (Asking Numba's thread count inside a kernel
+    would keep it out of the on-disk cache.)"""
+    if work < PARALLEL_MIN_WORK:
+        return serial, 1
+    return parallel, nb.get_num_threads()
+
+
+def _run_pairs(src, tgt, delay: int, pairs: np.ndarray, te: np.ndarray, counts: np.ndarray, names):
+    """The pairs kernel on `binary_view`s, serial below PARALLEL_MIN_WORK; returns the
+    target and source counts."""
+    work = len(pairs) * ((src.shape[1] + 63) // 64 + (TE_WORK if len(te) else 0))
+    kernel, n_blocks = _kernel(_pairs_serial, _pairs_parallel, work)
+    target, source, bad_src, bad_tgt = kernel(
+        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(src.shape[1]), te, counts, n_blocks
+    )
+    _check_values(bad_src, bad_tgt, names)
+    return target, source
+
+
+_NO_TE = np.zeros(0, np.float64)
+_NO_COUNTS = np.zeros((0, 3), np.int64)
+
+
+def count_triples(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: int) -> TripleCounts:
+    """TripleCounts of `binary_view`s sources and targets (T > h samples) for checked pairs."""
+    counts = np.empty((len(pairs), 3), np.int64)
+    target, source = _run_pairs(src, tgt, delay, pairs, _NO_TE, counts, ("sources", "targets"))
+    return TripleCounts(src.shape[1] - history(delay), target, source, counts)
 
 
 def te_from_counts(counts: TripleCounts, pairs: np.ndarray) -> np.ndarray:
     """TE (bits) per pair from counts taken over the same pairs."""
-    return _te_from_counts(counts.n, counts.target, counts.source, counts.pair, pairs)
-
-
-def as_binary(series, name: str, ndim: int) -> np.ndarray:
-    """Validate a binary array of the given ndim; return it as contiguous uint8."""
-    arr = np.asarray(series)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        return np.ascontiguousarray(arr).view(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be binary (bool or 0/1 integers), got dtype {arr.dtype}")
-    small = np.ascontiguousarray(arr, dtype=np.uint8)
-    # uint8 wraps 256 to 0 and -1 to 255: equal to the input and <= 1 means exactly 0/1.
-    if small.size and ((small > 1).any() or not np.array_equal(small, arr)):
-        raise ValueError(f"{name} must be binary (0/1), found values outside {{0, 1}}")
-    return small
+    table = klogk_table(counts.n)
+    return _te_from_counts(counts.n, counts.target, counts.source, counts.pair, pairs, table)
 
 
 def check_delay(delay, length: int) -> int:
@@ -239,10 +478,15 @@ def check_pairs(pairs, n_sources: int, n_targets: int) -> np.ndarray:
     return arr
 
 
-def all_pairs(n_sources: int, n_targets: int) -> np.ndarray:
-    """Every (source, target) pair, target-major: row j * n_sources + i is (i, j)."""
-    src, tgt = np.meshgrid(np.arange(n_sources), np.arange(n_targets))
-    return np.stack([src.ravel(), tgt.ravel()], axis=1).astype(np.int64)
+def _checked_pair(sources, targets, delay, ndim: int, names: tuple[str, str]):
+    """(sources, targets, delay) as `binary_view`s of one length and a checked delay."""
+    src = binary_view(sources, names[0], ndim)
+    tgt = binary_view(targets, names[1], ndim)
+    if src.shape[1] != tgt.shape[1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same length, got {src.shape[1]} and {tgt.shape[1]}"
+        )
+    return src, tgt, check_delay(delay, src.shape[1])
 
 
 def transfer_entropy_pairs(sources, targets, pairs=None, delay: int = 1) -> np.ndarray:
@@ -252,27 +496,27 @@ def transfer_entropy_pairs(sources, targets, pairs=None, delay: int = 1) -> np.n
     of (source index, target index) rows, returns the (P,) TE of each pair; with
     pairs=None, the full (n_tgt, n_src) matrix M[j, i] = TE(source i -> target j).
     """
-    src = as_binary(sources, "sources", 2)
-    tgt = as_binary(targets, "targets", 2)
-    if src.shape[1] != tgt.shape[1]:
-        raise ValueError(
-            f"sources and targets must have the same length, got {src.shape[1]} and {tgt.shape[1]}"
-        )
-    delay = check_delay(delay, src.shape[1])
-    if pairs is None:
-        grid = all_pairs(src.shape[0], tgt.shape[0])
-        te = te_from_counts(count_triples_unchecked(src, tgt, grid, delay), grid)
-        return te.reshape(tgt.shape[0], src.shape[0])
-    checked = check_pairs(pairs, src.shape[0], tgt.shape[0])
-    return te_from_counts(count_triples_unchecked(src, tgt, checked, delay), checked)
+    names = ("sources", "targets")
+    src, tgt, delay = _checked_pair(sources, targets, delay, 2, names)
+    if pairs is not None:
+        checked = check_pairs(pairs, len(src), len(tgt))
+        te = np.empty(len(checked), np.float64)
+        _run_pairs(src, tgt, delay, checked, te, _NO_COUNTS, names)
+        return te
+    work = len(src) * len(tgt) * ((src.shape[1] + 63) // 64 + TE_WORK)
+    kernel, n_blocks = _kernel(_matrix_serial, _matrix_parallel, work)
+    matrix, bad_src, bad_tgt = kernel(*as_bytes(src), *as_bytes(tgt), delay, klogk_table(src.shape[1]), n_blocks)
+    _check_values(bad_src, bad_tgt, names)
+    return matrix
+
+
+_ONE_PAIR = np.zeros((1, 2), np.int64)
 
 
 def transfer_entropy(source, target, delay: int = 1) -> float:
     """TE(source -> target) in bits for two 1-D binary series of equal length."""
-    src = as_binary(source, "source", 1)
-    tgt = as_binary(target, "target", 1)
-    if src.shape[0] != tgt.shape[0]:
-        raise ValueError(
-            f"source and target must have the same length, got {src.shape[0]} and {tgt.shape[0]}"
-        )
-    return float(transfer_entropy_pairs(src[None, :], tgt[None, :], np.zeros((1, 2), np.int64), delay)[0])
+    names = ("source", "target")
+    src, tgt, delay = _checked_pair(source, target, delay, 1, names)
+    te = np.empty(1, np.float64)
+    _run_pairs(src, tgt, delay, _ONE_PAIR, te, _NO_COUNTS, names)
+    return float(te[0])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tecli.te import engine
+from tecli.te import engine, packing
 
 
 class SlidingPairTE:
@@ -62,8 +62,8 @@ class SlidingPairTE:
 
     def push(self, sources, targets) -> None:
         """Append one block: sources (n_src, B) and targets (n_tgt, B), binary, in sample order."""
-        src = engine.as_binary(sources, "sources", 2)
-        tgt = engine.as_binary(targets, "targets", 2)
+        src = packing.binary_view(sources, "sources", 2)
+        tgt = packing.binary_view(targets, "targets", 2)
         if src.shape != (self.n_sources, tgt.shape[1]) or tgt.shape[0] != self.n_targets:
             raise ValueError(
                 f"block shapes {src.shape} and {tgt.shape} do not match "
@@ -71,24 +71,29 @@ class SlidingPairTE:
             )
         src = np.concatenate([self._carry_src, src], axis=1)
         tgt = np.concatenate([self._carry_tgt, tgt], axis=1)
-        self._carry_src = src[:, -self._h :]
-        self._carry_tgt = tgt[:, -self._h :]
-        if tgt.shape[1] <= self._h:
-            return  # not one full triple yet; the samples wait in the carry
-        counts = engine.count_triples_unchecked(src, tgt, self.pairs, self.delay)
+        if tgt.shape[1] <= self._h:  # not one full triple yet: the samples wait in the carry
+            packing.pack_binary(src, "sources")  # (packed only to check their values)
+            packing.pack_binary(tgt, "targets")
+            self._keep_carry(src, tgt)
+            return
+        counts = engine.count_triples(src, tgt, self.pairs, self.delay)  # checks the values too
+        self._keep_carry(src, tgt)
         s = self._slot
         total = self._total
-        self._total = engine.TripleCounts(
-            total.n - self._ring_n[s] + counts.n,
-            total.target - self._ring_target[s] + counts.target,
-            total.source - self._ring_source[s] + counts.source,
-            total.pair - self._ring_pair[s] + counts.pair,
-        )
+        for ring, running, new in (
+            (self._ring_target, total.target, counts.target),
+            (self._ring_source, total.source, counts.source),
+            (self._ring_pair, total.pair, counts.pair),
+        ):
+            running += new - ring[s]  # in place: the totals are the window's own arrays
+            ring[s] = new
+        self._total = total._replace(n=total.n - self._ring_n[s] + counts.n)
         self._ring_n[s] = counts.n
-        self._ring_target[s] = counts.target
-        self._ring_source[s] = counts.source
-        self._ring_pair[s] = counts.pair
         self._slot = (s + 1) % self.window_blocks
+
+    def _keep_carry(self, src: np.ndarray, tgt: np.ndarray) -> None:
+        self._carry_src = src[:, -self._h :].astype(np.uint8)
+        self._carry_tgt = tgt[:, -self._h :].astype(np.uint8)
 
     def te(self) -> np.ndarray:
         """(P,) TE in bits of each pair over the current window (zeros while empty)."""
