@@ -29,6 +29,14 @@ def _db_option():
     return typer.Option(None, "--db", help="Database file or SQLAlchemy URL (default: $TECLI_DB, else ./tecli.db).")
 
 
+def _memory_format_option():
+    return typer.Option(
+        None,
+        help="channels_last (default; the faster layout) or contiguous (the layout of runs recorded before it); "
+        "recorded with each run.",
+    )
+
+
 def _format_option():
     return typer.Option("table", "--format", help="table or json.")
 
@@ -115,8 +123,10 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and numba (default: their own)."),
+    memory_format: Optional[str] = _memory_format_option(),
     resume: Optional[int] = typer.Option(
-        None, "--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint, with its recorded configuration."
+        None, "--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint, with its recorded configuration "
+        "(and, unless given, its device, threads and memory format)."
     ),
     db: Optional[str] = _db_option(),
 ) -> None:
@@ -129,7 +139,7 @@ def run(
                     f"--resume continues run {resume} with its recorded configuration; leave out {_option_name(fixed[0])}"
                 )
             given = lambda name: getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"  # noqa: E731
-            _run(None, db, data_dir, device if given("device") else None, threads, resume)
+            _run(None, db, data_dir, device if given("device") else None, threads, memory_format, resume)
             return
         if dataset is None:
             raise UserError("--dataset is required (or --resume RUN_ID to continue a run)")
@@ -153,15 +163,15 @@ def run(
             weight_decay=weight_decay,
             te=te_config,
         ).validate(_option_name)
-        _run(spec, db, data_dir, device, threads, None)
+        _run(spec, db, data_dir, device, threads, memory_format, None)
 
 
-def _run(spec: RunSpec | None, db, data_dir, device, threads, resume: int | None) -> None:
+def _run(spec: RunSpec | None, db, data_dir, device, threads, memory_format, resume: int | None) -> None:
     from tecli.db.recording import RunTakenOver
     from tecli.runner import RunFailed, RunInterrupted, run_one
 
     try:
-        run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads, resume=resume)
+        run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads, resume=resume, memory_format=memory_format)
     except RunInterrupted as stop:
         typer.echo(f"{stop}; `tecli run --resume {stop.run_id}` continues it", err=True)
         raise typer.Exit(130) from None
@@ -191,6 +201,7 @@ def sweep(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (done / to run) and train nothing."),
     threads: Optional[int] = typer.Option(None, help="CPU threads per run (default: local, cores / workers; ray, 1)."),
+    memory_format: Optional[str] = _memory_format_option(),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     db: Optional[str] = _db_option(),
@@ -200,15 +211,21 @@ def sweep(
         from rich.console import Console
 
         from tecli.sweep.display import SweepProgress, plan_counts, plan_table
-        from tecli.sweep.run import SweepDatabaseError, make_executor, plan_sweep, run_sweep
+        from tecli.sweep.run import SweepAborted, make_executor, plan_sweep, run_sweep
 
         runner = make_executor(
             executor, workers=workers, address=address, gpus_per_run=gpus_per_run, device=device, stall_timeout=stall_timeout
         )
-        if not dry_run:
-            runner.start()  # a cluster that cannot be reached is a mistake: before anything is written
         planned = plan_sweep(
-            file, db, retry_failed=retry_failed, restart=restart, device=device, threads=threads, trains_here=executor == "local"
+            file,
+            db,
+            retry_failed=retry_failed,
+            restart=restart,
+            device=device,
+            threads=threads,
+            trains_here=executor == "local",
+            executor=None if dry_run else runner,
+            memory_format=memory_format or "channels_last",
         )
         console = Console()
         name, counts_line = planned.spec.name, plan_counts(planned.planned)
@@ -221,7 +238,7 @@ def sweep(
         with display:
             try:
                 result = run_sweep(planned, executor=runner, data_dir=data_dir, on_event=display.report)
-            except SweepDatabaseError as error:  # the workers were stopped
+            except SweepAborted as error:  # the workers were stopped
                 typer.echo(f"error: {error}", err=True)
                 raise typer.Exit(1) from None
         line, counts = display.summary(skipped=len(planned.planned) - len(planned.to_run))

@@ -1,8 +1,8 @@
 """Conditions of measurement: what a run's seconds depend on besides its specification.
 
-Recorded with every run (device type, GPU name, CPU threads used, CPU model,
-code version); the report compares seconds only between runs measured under
-equal conditions. The code version is a hash of tecli's own sources
+Recorded with every run (device type, GPU name, CPU threads used, memory format,
+CPU model, code version); the report compares seconds only between runs measured
+under equal conditions. The code version is a hash of tecli's own sources
 (`src:<12 hex digits>`): what ran, whether from a checkout or an installed
 package, and unchanged by commits that touch only documents or results. Beside
 it each run records the git commit and whether tecli/ had uncommitted changes
@@ -21,7 +21,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 # Conditions the report compares, in the order it names them.
-CONDITION_FIELDS = ("device", "gpu_name", "threads", "cpu_model", "code_version")
+CONDITION_FIELDS = ("device", "gpu_name", "threads", "memory_format", "cpu_model", "code_version")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Conditions:
     device: str
     gpu_name: str | None
     threads: int
+    memory_format: str  # of the model and its inputs: channels_last or contiguous (tecli.train)
     cpu_model: str | None
     code_version: str
     code_commit: str | None
@@ -88,12 +89,14 @@ def gpu_name(device: str) -> str | None:
     return torch.cuda.get_device_name(torch.device(device))
 
 
-def current_conditions(device: str) -> Conditions:
-    """This process's conditions for a run on `device` (torch's threads as set now).
+def current_conditions(device: str, memory_format: str = "channels_last") -> Conditions:
+    """This process's conditions for a run on `device` in `memory_format` (torch's threads as set now).
 
     The device is recorded by type (cpu, cuda): which GPU it was is its name."""
     import torch
 
     commit, dirty = git_state()
     device_type = torch.device(device).type
-    return Conditions(device_type, gpu_name(device), torch.get_num_threads(), cpu_model(), code_version(), commit, dirty)
+    return Conditions(
+        device_type, gpu_name(device), torch.get_num_threads(), memory_format, cpu_model(), code_version(), commit, dirty
+    )

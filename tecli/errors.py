@@ -25,3 +25,9 @@ def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
     """A user's value for an error message, cut to about `limit` characters."""
     text = str(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message, first line only (PostgreSQL and Ray add detail lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tecli.errors import UserError, shown
+from tecli.errors import UserError, first_line, shown
 from tecli.spec import RunSpec
 from tecli.stopping import shielded, stop_signals
 
@@ -55,16 +55,20 @@ class RunInterrupted(Exception):
         self.run_id = run_id
 
 
-def configure(device: str, threads: int | None, here: bool = True) -> str:
-    """Check the device (with here=False only its name: a cluster's workers train) and set
-    torch's and numba's CPU threads; return the torch device."""
+def configure(device: str, threads: int | None, here: bool = True, memory_format: str = "channels_last") -> str:
+    """Check the device (with here=False only its name: a cluster's workers train) and the
+    memory format, and set torch's and numba's CPU threads; return the torch device."""
     import numba
     import torch
+
+    from tecli.train import MEMORY_FORMATS
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"--device must be cpu or cuda, got {shown(device)!r}")
     if here and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
+    if memory_format not in MEMORY_FORMATS:
+        raise UserError(f"--memory-format must be {' or '.join(MEMORY_FORMATS)}, got {shown(memory_format)!r}")
     if threads is not None:
         if not 1 <= threads <= MAX_THREADS:
             raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {shown(threads)}")
@@ -81,7 +85,14 @@ class Prepared:
     training: Training
 
 
-def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None, checkpoint: bytes | None = None) -> Prepared:
+def prepare(
+    spec: RunSpec,
+    data_dir: Path | None,
+    device: str,
+    on_batch=None,
+    checkpoint: bytes | None = None,
+    memory_format: str = "channels_last",
+) -> Prepared:
     """Load the data and build the training (from a checkpoint, to resume); a UserError for a
     mistake, before anything is recorded."""
     from tecli.checkpoint import loads
@@ -90,7 +101,7 @@ def prepare(spec: RunSpec, data_dir: Path | None, device: str, on_batch=None, ch
 
     data = load_dataset(spec.dataset, data_dir)
     spec.check_fits(len(data.x_train))
-    training = train(spec, data, device=device, on_batch=on_batch)
+    training = train(spec, data, device=device, on_batch=on_batch, memory_format=memory_format)
     if checkpoint is not None:
         training.load_state_dict(loads(checkpoint))
     return Prepared(data, training)
@@ -120,7 +131,7 @@ def record_training(
     from tecli.checkpoint import dumps
     from tecli.db.recording import Heartbeat, RunTakenOver, finish_run, record_epoch
     from tecli.db.schema import RunStatus
-    from tecli.db.store import describe, first_line
+    from tecli.db.store import describe
 
     results: list[EpochResult] = []
     attempt: Attempt | None = None
@@ -187,6 +198,7 @@ def run_claimed(
     on_start: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    memory_format: str = "channels_last",
 ) -> int:
     """A sweep's run: claim the key first (so a second sweep does not load data for it),
     then set up and train; with resume, an interrupted run of the key continues from its
@@ -197,13 +209,13 @@ def run_claimed(
 
     def claim() -> Attempt:
         return claim_run(
-            engine, spec, current_conditions(device), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
+            engine, spec, current_conditions(device, memory_format), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
         )
 
     def setup(attempt: Attempt) -> Training:
         if on_start:
             on_start(attempt.run_id, attempt.epochs_done)
-        prepared = prepare(spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint)
+        prepared = prepare(spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint, memory_format=memory_format)
         if attempt.checkpoint is None:
             with shielded():
                 set_data_copy(engine, attempt, prepared.data.copy)
@@ -225,6 +237,7 @@ def run_one(
     device: str | None,
     threads: int | None,
     resume: int | None = None,
+    memory_format: str | None = None,
 ) -> int:
     """`tecli run`: set up, then open the database and claim the key, train with a progress
     bar, summarize. With resume (a run id), continue that run from its checkpoint instead.
@@ -252,8 +265,10 @@ def run_one(
         spec, done = RunSpec.from_dict(target.config), target.epoch
         device = device or target.device  # by default where it ran before, so it continues bit for bit
         threads = threads or target.threads
-    device = configure(device or "cpu", threads)
-    conditions = current_conditions(device)
+        memory_format = memory_format or target.memory_format
+    memory_format = memory_format or "channels_last"
+    device = configure(device or "cpu", threads, memory_format=memory_format)
+    conditions = current_conditions(device, memory_format)
     console = Console()
     progress = _progress(console)
     task = progress.add_task("train", total=None, epoch=done + 1, epochs=spec.epochs)
@@ -265,7 +280,7 @@ def run_one(
         progress.console.print(_epoch_line(result, spec.epochs, spec.te is not None), soft_wrap=True)
         progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
 
-    prepared = prepare(spec, data_dir, device, on_batch)
+    prepared = prepare(spec, data_dir, device, on_batch, memory_format=memory_format)
     data = prepared.data
     if resume is not None:
         if target.data_copy not in (None, data.copy):
@@ -289,7 +304,7 @@ def run_one(
     console.print(
         f"{started}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
         f"{len(data.x_test)} test, variant [bold]{spec.variant}[/], seed {spec.seed}, "
-        f"run key {spec.run_key()}, device {device}, threads {conditions.threads}",
+        f"run key {spec.run_key()}, device {device}, threads {conditions.threads}, {memory_format}",
         soft_wrap=True,
     )
     with progress:

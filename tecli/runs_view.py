@@ -17,7 +17,7 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers; a larger one cannot exist
 RUN_FIELDS = (
     "id", "run_key", "dataset", "data_copy", "variant", "seed", "status", "epochs_planned",
     "started_at", "finished_at", "heartbeat_at", "host", "pid", "boot_id", "pid_namespace", "lease_seconds",
-    "device", "gpu_name", "threads", "cpu_model", "code_version", "code_commit", "code_dirty", "tecli_version", "torch_version", "torchvision_version", "numba_version", "python_version", "error",
+    "device", "gpu_name", "threads", "memory_format", "cpu_model", "code_version", "code_commit", "code_dirty", "tecli_version", "torch_version", "torchvision_version", "numba_version", "python_version", "error",
 )  # fmt: skip
 EPOCH_FIELDS = (
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "te_seconds", "te_mean", "te_max",
@@ -65,7 +65,7 @@ def list_runs(
 
 ATTEMPT_FIELDS = (
     "number", "first_epoch", "status", "started_at", "ended_at", "host", "pid", "device", "gpu_name", "threads",
-    "cpu_model", "code_version", "error",
+    "memory_format", "cpu_model", "code_version", "error",
 )  # fmt: skip
 
 
@@ -117,13 +117,14 @@ def run_tables(run: dict) -> tuple[Table, Table, Table]:
     if run["checkpoint_epoch"] is not None:
         settings.add_row("checkpoint", f"after epoch {run['checkpoint_epoch']}")
     attempts = Table(title="attempts (a resumed run has several)", box=box.SIMPLE_HEAD)
-    for column in ("#", "from epoch", "status", "started (UTC)", "ended (UTC)", "host", "pid", "device", "threads"):
+    for column in ("#", "from epoch", "status", "started (UTC)", "ended (UTC)", "host", "pid", "device", "threads", "format"):
         attempts.add_column(column, justify="right" if column in ("#", "from epoch", "pid", "threads") else "left")
     for a in run["attempts"]:
         attempts.add_row(
             str(a["number"]), str(a["first_epoch"]), a["status"], a["started_at"][5:19].replace("T", " "),
             (a["ended_at"] or "-")[5:19].replace("T", " ") or "-",
             a["host"], str(a["pid"]), a["device"], str(a["threads"] if a["threads"] is not None else "-"),
+            a["memory_format"] or "-",
         )  # fmt: skip
     epochs = Table(title="epochs")
     for column in ("epoch", "train loss", "train acc", "test loss", "test acc", "s", "TE s", "TE mean", "TE max"):

@@ -7,6 +7,13 @@ with the same seed start identically and see the same batches.
 
 Train loss and accuracy are running averages over the epoch's batches (the model
 changes during the epoch); test metrics are measured after the epoch.
+
+Memory format: channels-last (NHWC) by default, on CPU and CUDA: the same model and
+optimizer ran a USPS epoch in 0.67x and an MNIST epoch in 0.83x the time of the
+contiguous (NCHW) layout on a 2-core AVX2 CPU, and seeded runs stay identical from
+run to run. The two layouts give slightly different numbers (other kernels), so the
+format is recorded with each run as a condition of measurement; "contiguous" gives
+the results of tecli before it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from tecli.spec import RunSpec
 from tecli.te.feedback import TEFeedback
 
 EVAL_BATCH = 1024
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -52,20 +60,23 @@ class Training:
     fails there and not half-way into the first epoch.
     """
 
-    def __init__(self, spec: RunSpec, data: DataSplits, device: str = "cpu", on_batch=None):
+    def __init__(
+        self, spec: RunSpec, data: DataSplits, device: str = "cpu", on_batch=None, memory_format: str = "channels_last"
+    ):
         self.spec = spec
         self.device = device
         self.on_batch = on_batch  # on_batch(done, total) after every training batch (progress display)
+        layout = MEMORY_FORMATS[memory_format]
         torch.manual_seed(spec.seed)
-        self.model = build_model(data.input_shape, data.n_classes).to(device)
+        self.model = build_model(data.input_shape, data.n_classes).to(device, memory_format=layout)
         self.order = torch.Generator().manual_seed(spec.seed)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
         )
         self.feedback = TEFeedback(self.model, spec.te, spec.batch_size, spec.te_seed) if spec.te else None
         self.model_args = {"input_shape": list(data.input_shape), "n_classes": data.n_classes}  # build_model(**args)
-        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
-        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
+        self.x_train, self.y_train = data.x_train.to(device, memory_format=layout), data.y_train.to(device)
+        self.x_test, self.y_test = data.x_test.to(device, memory_format=layout), data.y_test.to(device)
         self.epoch = 0  # epochs finished
 
     def __iter__(self) -> Iterator[EpochResult]:
@@ -146,6 +157,7 @@ def train(
     data: DataSplits,
     device: str = "cpu",
     on_batch: Callable[[int, int], None] | None = None,
+    memory_format: str = "channels_last",
 ) -> Training:
     """The run's Training: iterate it for one EpochResult per epoch."""
-    return Training(spec, data, device, on_batch)
+    return Training(spec, data, device, on_batch, memory_format)

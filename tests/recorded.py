@@ -11,7 +11,7 @@ from tecli.epoch import EpochResult
 from tecli.spec import RunSpec
 
 TEST_CONDITIONS = Conditions(
-    device="cpu", gpu_name=None, threads=1, cpu_model="test cpu", code_version="src:test", code_commit="0" * 40,
+    device="cpu", gpu_name=None, threads=1, memory_format="channels_last", cpu_model="test cpu", code_version="src:test", code_commit="0" * 40,
     code_dirty=False,
 )
 

@@ -29,6 +29,7 @@ from tecli.train import evaluate, train
 SAME = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "te_mean", "te_max")
 VARIANTS = {
     "baseline": [],
+    "baseline-contiguous": ["--memory-format", "contiguous"],  # a resume keeps the run's format
     "te-weights": ["--te", "--te-window", "128", "--te-refresh", "4", "--te-layers", "-2,-1"],
     "te-backprop": ["--te", "--te-window", "128", "--te-refresh", "4", "--te-layers", "-2,-1", "--te-reach", "backprop"],
 }
@@ -80,6 +81,7 @@ def test_loading_a_checkpoint_runs_no_code(tmp_path):
     "dataset, epochs, kill_after, variant, backend",
     [
         ("digits", 40, 3, "baseline", "sqlite"),
+        ("digits", 40, 3, "baseline-contiguous", "sqlite"),
         ("digits", 40, 3, "te-weights", "sqlite"),
         ("digits", 40, 3, "te-backprop", "sqlite"),
         ("usps", 5, 2, "baseline", "sqlite"),
@@ -117,8 +119,9 @@ def test_a_run_killed_by_sigkill_resumes_to_the_uninterrupted_rows(tmp_path, req
     assert straight.exit_code == 0, straight.output
     assert rows(db, 1) == rows(db, 2) and len(rows(db, 1)) == epochs
     shown = json.loads(invoke("runs", "show", 1, "--db", db, "--format", "json").output)
-    assert [(a["number"], a["first_epoch"], a["status"]) for a in shown["attempts"]] == [
-        (1, 1, "interrupted"), (2, recorded + 1, "completed")
+    memory_format = "contiguous" if "contiguous" in variant else "channels_last"
+    assert [(a["number"], a["first_epoch"], a["status"], a["memory_format"]) for a in shown["attempts"]] == [
+        (1, 1, "interrupted", memory_format), (2, recorded + 1, "completed", memory_format)
     ]
     assert shown["status"] == "completed" and shown["checkpoint_epoch"] == epochs
 

@@ -40,6 +40,7 @@ def test_run_digits_baseline_and_te():
         (["--dataset", "digits", "--lr", "-1"], "--lr: expected a finite number > 0, got -1.0"),
         (["--dataset", "digits", "--device", "tpu"], "--device must be cpu or cuda"),
         (["--dataset", "digits", "--threads", "0"], "--threads must be from 1 to 1024, got 0"),
+        (["--dataset", "digits", "--memory-format", "nhwc"], "--memory-format must be channels_last or contiguous, got 'nhwc'"),
         (["--dataset", "digits", "--te", "--te-lambda", "-2"], "--te-lambda: expected a finite number >= 0"),
         (["--dataset", "digits", "--te", "--te-layers", "-1,-1"], "each layer once"),
     ],

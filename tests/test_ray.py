@@ -237,6 +237,18 @@ def test_an_address_where_no_ray_cluster_listens_is_one_line_exit_2(tmp_path):
     assert not db.exists()
 
 
+def test_threads_no_node_has_is_one_line_exit_2_before_anything_is_written(tmp_path, ray_cluster):
+    """The session's cluster has one node of 2 CPUs: a 3-thread run would wait forever."""
+    db = tmp_path / "s.db"
+    result = subprocess.run(
+        ray_command(write(tmp_path), ray_cluster, db, "--threads", "3"), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == ["error: --threads 3 is more CPUs than any node of the Ray cluster has (2)"], lines
+    assert not db.exists()
+
+
 def test_gpus_per_run_on_cuda(tmp_path, request):
     import torch
 

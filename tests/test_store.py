@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from recorded import TEST_CONDITIONS, epoch_result, record_run
 from tecli.db import migrate
 from tecli.db.recording import ClaimRefused, claim_run, finish_run, record_epoch
-from tecli.db.schema import Base, Claim, Epoch, Run, RunStatus
+from tecli.db.schema import Base, Checkpoint, Claim, Epoch, Run, RunStatus
 from tecli.db.store import SCHEMA_HEAD, create_db_engine, database_url, open_database
 from tecli.errors import UserError
 from tecli.spec import RunSpec, TEConfig
@@ -50,16 +50,22 @@ def _load_postgres_dump(url: str, dump: Path) -> None:
         connection.execute(dump.read_text())
 
 
+def _old_database(schema: str, backend: str, tmp_path, request) -> str:
+    """A copy of tests/data/schema-<schema>.* on `backend`: its URL."""
+    if backend == "sqlite":
+        url = str(tmp_path / "old.db")
+        shutil.copy(DATA / f"schema-{schema}.db", url)
+        return url
+    url = request.getfixturevalue("pg_url")
+    _load_postgres_dump(url, DATA / f"schema-{schema}.postgresql.sql")
+    return url
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_database_of_schema_0001_upgrades_with_its_data_intact(backend, tmp_path, request):
     """tests/data/schema-0001.* were written by tecli at schema 0001 (4 completed runs, one
     interrupted after 82 epochs); the PostgreSQL dump holds the same rows."""
-    if backend == "sqlite":
-        url = str(tmp_path / "old.db")
-        shutil.copy(DATA / "schema-0001.db", url)
-    else:
-        url = request.getfixturevalue("pg_url")
-        _load_postgres_dump(url, DATA / "schema-0001.postgresql.sql")
+    url = _old_database("0001", backend, tmp_path, request)
     engine = create_db_engine(url)
     assert migrate.current(engine) == "0001"
     with engine.connect() as connection:
@@ -86,6 +92,38 @@ def test_a_database_of_schema_0001_upgrades_with_its_data_intact(backend, tmp_pa
     # the upgraded database takes new runs, and a sweep sees the old completed ones as done
     with pytest.raises(ClaimRefused, match="completed as run 1"):
         claim_run(engine, old_baseline, TEST_CONDITIONS)
+    record_run(engine, RunSpec(dataset="digits", seed=77, epochs=1), [epoch_result(1)])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_of_schema_0002_upgrades_with_its_data_intact(backend, tmp_path, request):
+    """tests/data/schema-0002.* were written by tecli at schema 0002 (tests/data/make_schema_fixture.py):
+    a sweep's 4 completed runs and a run interrupted after 3 epochs with its checkpoint.
+    Every run before 0003 trained in the contiguous memory format, and says so after."""
+    url = _old_database("0002", backend, tmp_path, request)
+    engine = create_db_engine(url)
+    assert migrate.current(engine) == "0002"
+    tables = ("runs", "attempts", "epochs", "sweeps", "claims", "checkpoints")
+    with engine.connect() as connection:
+        before = {t: connection.execute(text(f"SELECT * FROM {t} ORDER BY 1")).mappings().all() for t in tables}
+    engine = open_database(url)  # upgrades
+    assert migrate.current(engine) == SCHEMA_HEAD
+    with engine.connect() as connection:
+        after = {t: connection.execute(text(f"SELECT * FROM {t} ORDER BY 1")).mappings().all() for t in tables}
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+    assert [len(before[t]) for t in tables] == [5, 5, 11, 1, 5, 1]
+    for table in tables:
+        assert len(after[table]) == len(before[table])
+        for old, new in zip(before[table], after[table]):
+            assert {k: new[k] for k in old.keys()} == dict(old), table  # every old column unchanged
+    assert {row["memory_format"] for t in ("runs", "attempts") for row in after[t]} == {"contiguous"}
+    with Session(engine) as session:
+        interrupted = session.scalars(select(Run).where(Run.status == "interrupted")).one()
+        assert session.get(Checkpoint, interrupted.id).epoch == 3 and len(interrupted.epochs) == 3
+        completed = RunSpec.from_dict(session.scalars(select(Run).where(Run.status == "completed")).first().config)
+    with pytest.raises(ClaimRefused, match="completed as run"):
+        claim_run(engine, completed, TEST_CONDITIONS)
     record_run(engine, RunSpec(dataset="digits", seed=77, epochs=1), [epoch_result(1)])
 
 

@@ -87,7 +87,7 @@ def test_sweep_killed_with_sigkill_resumes_to_one_completed_run_per_key(tmp_path
         time.sleep(0.1)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
-    deadline = time.monotonic() + 60  # orphaned workers get SIGTERM and record themselves interrupted
+    deadline = time.monotonic() + 120  # orphaned workers get SIGTERM and record themselves interrupted (slow on a loaded machine)
     while count(db, "running") > 0:
         assert time.monotonic() < deadline, "workers kept running after the sweep was killed"
         time.sleep(0.1)

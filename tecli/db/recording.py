@@ -109,6 +109,7 @@ def _new_run(spec: RunSpec, conditions: Conditions, owner: Owner, lease: Lease, 
         device=conditions.device,
         gpu_name=conditions.gpu_name,
         threads=conditions.threads,
+        memory_format=conditions.memory_format,
         cpu_model=conditions.cpu_model,
         code_version=conditions.code_version,
         code_commit=conditions.code_commit,
@@ -148,7 +149,8 @@ def _new_attempt(run_id: int, number: int, first_epoch: int, owner: Owner, condi
     return RunAttempt(
         run_id=run_id, number=number, first_epoch=first_epoch, status=RunStatus.RUNNING, started_at=now,
         owner=owner.token, host=owner.host, pid=owner.pid, device=conditions.device, gpu_name=conditions.gpu_name,
-        threads=conditions.threads, cpu_model=conditions.cpu_model, code_version=conditions.code_version,
+        threads=conditions.threads, memory_format=conditions.memory_format, cpu_model=conditions.cpu_model,
+        code_version=conditions.code_version,
     )  # fmt: skip
 
 
@@ -256,8 +258,9 @@ class Resumable:
     data_copy: str | None
     epoch: int
     checkpoint: bytes
-    device: str  # the last attempt's: a resume continues on the same device and threads by default
+    device: str  # the last attempt's: a resume continues on the same device, threads and format by default
     threads: int | None
+    memory_format: str | None
 
 
 def _resume_target(session: Session, run_id: int, conditions: Conditions, owner: Owner, now) -> tuple[Run, Checkpoint, int]:
@@ -297,8 +300,10 @@ def check_resumable(engine: Engine, run_id: int, conditions: Conditions) -> Resu
             last = session.scalars(
                 select(RunAttempt).where(RunAttempt.run_id == run_id).order_by(RunAttempt.number.desc()).limit(1)
             ).first()
-            device, threads = (last.device, last.threads) if last else (run.device, run.threads)
-            return Resumable(run.config, run.data_copy, checkpoint.epoch, checkpoint.state, device, threads)
+            where = last or run
+            return Resumable(
+                run.config, run.data_copy, checkpoint.epoch, checkpoint.state, where.device, where.threads, where.memory_format
+            )
         finally:
             session.rollback()
 

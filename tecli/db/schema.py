@@ -92,6 +92,7 @@ class Run(Base):
     device: Mapped[str] = mapped_column(String(32))
     gpu_name: Mapped[str | None] = mapped_column(String(200))
     threads: Mapped[int | None] = mapped_column(Integer)  # torch's CPU threads, as used
+    memory_format: Mapped[str | None] = mapped_column(String(20))  # channels_last or contiguous (all runs before 0003)
     cpu_model: Mapped[str | None] = mapped_column(String(200))
     code_version: Mapped[str | None] = mapped_column(String(100))  # src:<hash of tecli's sources> (tecli.conditions)
     code_commit: Mapped[str | None] = mapped_column(String(64))  # git commit, when run from a checkout
@@ -144,6 +145,7 @@ class RunAttempt(Base):
     device: Mapped[str] = mapped_column(String(32))
     gpu_name: Mapped[str | None] = mapped_column(String(200))
     threads: Mapped[int | None] = mapped_column(Integer)
+    memory_format: Mapped[str | None] = mapped_column(String(20))
     cpu_model: Mapped[str | None] = mapped_column(String(200))
     code_version: Mapped[str | None] = mapped_column(String(100))
     error: Mapped[str | None] = mapped_column(Text)  # why it ended, when not completed

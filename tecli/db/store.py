@@ -25,13 +25,13 @@ from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from tecli.errors import UserError, shown
+from tecli.errors import UserError, first_line, shown
 from tecli.paths import writable_folder
 
 DEFAULT_DB = "tecli.db"
 # The newest migration in tecli/db/migrations/versions (a test keeps the two equal).
 # Knowing it here lets an up-to-date database open without importing Alembic.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 BUSY_TIMEOUT_MS = 30_000
 POSTGRES_INSTALL = 'python -m pip install "tecli[postgres]"'
 
@@ -188,9 +188,3 @@ def database_errors(engine: Engine):
         yield
     except DBAPIError as error:
         raise UserError(f"cannot use the database {describe(engine.url)}: {first_line(error.orig)}; check --db or TECLI_DB") from None
-
-
-def first_line(error: BaseException) -> str:
-    """A driver's message, first line only (PostgreSQL adds detail and hint lines)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

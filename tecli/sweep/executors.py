@@ -20,6 +20,11 @@ from sqlalchemy.engine import URL
 from tecli.spec import RunSpec
 
 
+class ExecutorLost(Exception):
+    """The executor itself failed mid-sweep (a cluster's head went away); its runs are left
+    to the liveness rules."""
+
+
 @dataclass(frozen=True)
 class Task:
     """Everything a worker needs to train and record one run."""
@@ -33,6 +38,7 @@ class Task:
     threads: int
     retry_failed: bool = False
     resume: bool = True  # an interrupted run of the key continues from its checkpoint
+    memory_format: str = "channels_last"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,10 @@ class Executor(Protocol):
     def start(self) -> None:
         """Get ready (connect to a cluster); a UserError for a setting that cannot work."""
 
+    def check(self, threads: int, url: URL) -> None:
+        """UserError if runs of `threads` CPU threads, recording into `url`, cannot work here.
+        Called after start() and before anything is written."""
+
     def default_threads(self) -> int:
         """CPU threads per run when the sweep sets none."""
 
@@ -73,7 +83,8 @@ def train_task(task: Task, put: Callable[[Event], None], on_batch: Callable[[int
     from sqlalchemy.exc import DBAPIError
 
     from tecli.db.recording import ClaimRefused, RunTakenOver
-    from tecli.db.store import create_db_engine, describe, first_line
+    from tecli.db.store import create_db_engine, describe
+    from tecli.errors import first_line
     from tecli.runner import RunFailed, RunInterrupted, configure, run_claimed
 
     run_id = None
@@ -89,7 +100,7 @@ def train_task(task: Task, put: Callable[[Event], None], on_batch: Callable[[int
 
     engine = create_db_engine(task.db_url)
     try:
-        configure(task.device, task.threads)
+        configure(task.device, task.threads, memory_format=task.memory_format)
         run_claimed(
             task.spec,
             engine,
@@ -101,6 +112,7 @@ def train_task(task: Task, put: Callable[[Event], None], on_batch: Callable[[int
             on_start=started,
             on_epoch=lambda result: put(Event(task.index, "epoch", run_id=run_id, epoch=result.epoch, test_acc=result.test_acc)),
             on_batch=on_batch,
+            memory_format=task.memory_format,
         )
         return finished("completed")
     except ClaimRefused as refused:

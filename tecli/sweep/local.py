@@ -55,6 +55,9 @@ class LocalPool:
     def start(self) -> None:
         pass  # workers start when there is a task for them
 
+    def check(self, threads: int, url) -> None:
+        pass  # tecli.runner.configure has checked the threads against this machine
+
     def default_threads(self) -> int:
         return max(1, (os.cpu_count() or 1) // self.workers)
 

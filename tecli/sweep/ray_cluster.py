@@ -22,8 +22,8 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from tecli.errors import UserError, shown
-from tecli.sweep.executors import Event, Task
+from tecli.errors import UserError, first_line, shown
+from tecli.sweep.executors import Event, ExecutorLost, Task
 
 RETRIES = 3  # times a task is retried after its worker process died
 STOP_GRACE = 60.0  # seconds cancelled runs get to record themselves interrupted
@@ -65,9 +65,8 @@ class RayCluster:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         except Exception as error:  # ConnectionError, ValueError, RuntimeError, depending on what is wrong
             where = self.address or os.environ.get("RAY_ADDRESS") or "this machine"
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(
-                f"cannot join the Ray cluster at {where}: {message}; start it with `ray start --head`, or check --address"
+                f"cannot join the Ray cluster at {where}: {first_line(error)}; start it with `ray start --head`, or check --address"
             ) from None
         if self.gpus and ray.cluster_resources().get("GPU", 0) < self.gpus:
             raise UserError(
@@ -84,17 +83,22 @@ class RayCluster:
         cap = f", at most {self.max_running} at once" if self.max_running else ""
         return f"Ray cluster of {len(self.ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs{gpus}{cap}"
 
-    def run(self, tasks: Sequence[Task], report: Callable[[Event], None]) -> None:
-        self.start()
-        if tasks:
-            self._check_fits(max(task.threads for task in tasks))
-        _Sweep(self, tasks, report).loop()
-
-    def _check_fits(self, threads: int) -> None:
-        """A task no node can hold would wait forever."""
-        largest = max((node["Resources"].get("CPU", 0) for node in self.ray.nodes() if node["Alive"]), default=0)
+    def check(self, threads: int, url) -> None:
+        """A run no node can hold would wait forever; a SQLite file would be a different
+        file on each machine."""
+        nodes = [node for node in self.ray.nodes() if node["Alive"]]
+        largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
         if threads > largest:
             raise UserError(f"--threads {threads} is more CPUs than any node of the Ray cluster has ({largest:g})")
+        machines = {node["NodeManagerAddress"] for node in nodes}
+        if url.get_backend_name() == "sqlite" and len(machines) > 1:
+            raise UserError(
+                f"a SQLite database cannot be shared by the {len(machines)} machines of this Ray cluster; "
+                "use --db postgresql+psycopg://USER@HOST/DB, reachable from every node"
+            )
+
+    def run(self, tasks: Sequence[Task], report: Callable[[Event], None]) -> None:
+        _Sweep(self, tasks, report).loop()
 
 
 def _check_reachable(address: str | None) -> None:
@@ -151,6 +155,9 @@ class _Sweep:
                 self.submit()
                 self.read(0.2)
                 self.collect()
+        except self.ray.exceptions.RayError as error:  # the cluster, not a task (collect reads those)
+            self.stop()
+            raise ExecutorLost(f"lost the Ray cluster: {first_line(error)}") from None
         except BaseException:  # Ctrl-C, SIGTERM, or the database failing in this process
             self.stop()
             raise
@@ -208,7 +215,7 @@ class _Sweep:
                 self.ray.get(ref)
             except Exception as error:
                 if task.index not in self.finished:
-                    self.lost(task, f"Ray task failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+                    self.lost(task, f"Ray task failed: {first_line(error)}")
 
     def lost(self, task: Task, message: str, status: str = "failed") -> None:
         from tecli.db.recording import end_running

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tecli.errors import UserError
-from tecli.sweep.executors import Event, Executor, Task
+from tecli.sweep.executors import Event, Executor, ExecutorLost, Task
 from tecli.sweep.local import STALL_TIMEOUT, LocalPool
 from tecli.sweep.file import SweepSpec
 from tecli.sweep.plan import PlannedRun
@@ -29,8 +29,8 @@ from tecli.sweep.plan import PlannedRun
 TO_TRAIN = ("to run", "resume")
 
 
-class SweepDatabaseError(Exception):
-    """The database failed in the middle of a sweep; its workers were stopped."""
+class SweepAborted(Exception):
+    """The database or the cluster failed in the middle of a sweep; its workers were stopped."""
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SweepPlan:
     threads: int | None
     retry_failed: bool
     restart: bool
+    memory_format: str = "channels_last"
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -70,10 +71,13 @@ def plan_sweep(
     device: str = "cpu",
     threads: int | None = None,
     trains_here: bool = True,
+    executor: Executor | None = None,
+    memory_format: str = "channels_last",
 ) -> SweepPlan:
     """Validate the file and the settings (UserError, before anything is written), open or
     create the database, and plan the grid. trains_here=False (a cluster trains): the
-    device is not looked for on this machine."""
+    device is not looked for on this machine. An `executor` given is started and checked
+    against the settings first (a cluster that cannot be reached or cannot hold a run)."""
     from tecli.db.liveness import Lease
     from tecli.db.store import database_url, open_database
     from tecli.runner import configure
@@ -83,10 +87,13 @@ def plan_sweep(
     spec = load_sweep(Path(file))
     url = database_url(db)
     Lease.from_env()
-    configure(device, threads, here=trains_here)  # check device and threads before anything is recorded
+    configure(device, threads, here=trains_here, memory_format=memory_format)  # checked before anything is recorded
+    if executor is not None:
+        executor.start()
+        executor.check(threads or executor.default_threads(), url)
     engine = open_database(url)
     planned = plan(engine, spec, retry_failed, resume=not restart)
-    return SweepPlan(spec, url, engine, planned, device, threads, retry_failed, restart)
+    return SweepPlan(spec, url, engine, planned, device, threads, retry_failed, restart, memory_format)
 
 
 def make_executor(
@@ -126,18 +133,23 @@ def run_sweep(
     """Train what the plan left on `executor` (default: a pool of `workers` processes here,
     each run with cores / workers CPU threads unless the plan sets threads). Ctrl-C or
     SIGTERM stops it cleanly (the running runs record themselves interrupted);
-    SweepDatabaseError if the database fails."""
-    from tecli.db.store import describe, first_line
+    SweepAborted if the database or the cluster fails."""
+    from tecli.db.store import describe
+    from tecli.errors import first_line
     from tecli.stopping import stop_signals
     from tecli.sweep.plan import register
 
     executor = executor or make_executor(workers=workers)
     executor.start()
-    sweep_id = register(sweep.engine, sweep.spec)
     per_run_threads = sweep.threads or executor.default_threads()
+    executor.check(per_run_threads, sweep.url)
+    sweep_id = register(sweep.engine, sweep.spec)
     folder = Path(data_dir) if data_dir is not None else None
     tasks = [
-        Task(i, p.spec, sweep.url, sweep_id, folder, sweep.device, per_run_threads, sweep.retry_failed, not sweep.restart)
+        Task(
+            i, p.spec, sweep.url, sweep_id, folder, sweep.device, per_run_threads, sweep.retry_failed, not sweep.restart,
+            sweep.memory_format,
+        )
         for i, p in enumerate(sweep.to_run)
     ]
     result = SweepResult()
@@ -154,5 +166,7 @@ def run_sweep(
         except KeyboardInterrupt:
             result.interrupted = True
         except DBAPIError as error:
-            raise SweepDatabaseError(f"cannot use the database {describe(sweep.url)}: {first_line(error.orig)}") from None
+            raise SweepAborted(f"cannot use the database {describe(sweep.url)}: {first_line(error.orig)}") from None
+        except ExecutorLost as error:
+            raise SweepAborted(str(error)) from None
     return result

@@ -15,7 +15,9 @@ the layer's forward is a custom autograd function that also scales the error
 sent back through each connection, so earlier layers feel the feedback.
 
 Only the `ceil(window / batch)` batches before each refresh are captured when
-the window is shorter than the refresh period; the others cost nothing.
+the window is shorter than the refresh period; the others cost nothing. On a GPU
+the activations are binarized and bit-packed there, and only the packed words
+cross to the host (1/32 of the float activations' bytes).
 The pair subset comes from the TE side's own numpy generator, so a TE run and
 its baseline draw the same torch random numbers.
 """
@@ -32,6 +34,7 @@ from torch import nn
 
 from tecli.models import linear_layers
 from tecli.spec import TEConfig
+from tecli.te.packing import pack_bits_torch, unpack_bits
 from tecli.te.window import SlidingPairTE
 
 
@@ -49,6 +52,14 @@ class _ScaledLinear(torch.autograd.Function):
         grad_x = grad_out @ (weight * factor)
         grad_w = (grad_out.t() @ x) * factor
         return grad_x, grad_w, grad_out.sum(0), None
+
+
+def host_block(active: torch.Tensor, packed: bool) -> np.ndarray:
+    """(batch, n) bool activations -> the (n, batch) bool block the window takes, on the host.
+    packed: pack on the tensor's device and copy only the words (what a GPU does)."""
+    if not packed:
+        return active.t().cpu().numpy()
+    return unpack_bits(pack_bits_torch(active.t()).cpu().numpy(), active.shape[0])
 
 
 @dataclass
@@ -122,10 +133,13 @@ class TEFeedback:
                 return
             start = time.perf_counter()
             out = output.detach()
-            activation = torch.softmax(out, dim=1) if slot.is_class_layer else torch.relu(out)
-            threshold = self.config.threshold_out if slot.is_class_layer else self.config.threshold
-            sources = (inputs[0].detach() > self.config.threshold).t().cpu().numpy()
-            targets = (activation > threshold).t().cpu().numpy()
+            if slot.is_class_layer:
+                fired = torch.softmax(out, dim=1) > self.config.threshold_out
+            else:  # relu(out) > g is out > g for g >= 0, without computing the ReLU again
+                fired = (out if self.config.threshold >= 0 else torch.relu(out)) > self.config.threshold
+            packed = out.is_cuda
+            sources = host_block(inputs[0].detach() > self.config.threshold, packed)
+            targets = host_block(fired, packed)
             slot.window.push(sources, targets)
             self.seconds += time.perf_counter() - start
 
@@ -152,11 +166,11 @@ class TEFeedback:
         self.seconds += time.perf_counter() - start
 
     def _refresh(self) -> None:
-        sign = 1.0 if self.config.mode == "amplify" else -1.0
+        scale = self.config.lam if self.config.mode == "amplify" else -self.config.lam
         for slot in self._slots:
             slot.te = slot.window.te()
-            values = torch.as_tensor(1.0 + sign * self.config.lam * slot.te, dtype=slot.factor.dtype)
-            slot.factor.view(-1)[slot.flat_index] = values.to(slot.factor.device)
+            values = torch.from_numpy(slot.te).to(slot.factor.device, slot.factor.dtype).mul_(scale).add_(1.0)
+            slot.factor.view(-1).index_copy_(0, slot.flat_index, values)
         self._refreshed = True
 
     def te_stats(self) -> tuple[float | None, float | None]:
