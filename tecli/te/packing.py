@@ -5,8 +5,9 @@ bytes of np.packbits(series, axis=1, bitorder="little") read as little-endian wo
 `pack_bits` packs NumPy arrays (and checks that every value is 0 or 1); the engine's
 kernels pack their raw input with `pack_rows` in the same way.  `pack_bits_torch`
 packs a torch tensor on its own device, word for word the same: packing where the
-activations are (a CUDA device) leaves 64x less to copy to the host.  torch is
-imported inside that function, so that importing `tecli.te` does not import it.
+activations are (a CUDA device) copies 1 bit a sample to the host instead of a 32-bit
+float.  torch is imported inside that function, so that importing `tecli.te` does not
+import it.
 """
 
 from __future__ import annotations
