@@ -55,25 +55,37 @@ class RunInterrupted(Exception):
         self.run_id = run_id
 
 
-def configure(device: str, threads: int | None, here: bool = True, memory_format: str = "channels_last") -> str:
-    """Check the device (with here=False only its name: a cluster's workers train) and the
-    memory format, and set torch's and numba's CPU threads; return the torch device."""
-    import numba
-    import torch
-
+def check_settings(device: str, threads: int | None, here: bool = True, memory_format: str = "channels_last") -> str:
+    """UserError for a device, thread count or memory format that cannot work (with
+    here=False only the device's name is checked: a cluster's workers train); the torch
+    device. Changes nothing in this process: a sweep checks before it forks workers."""
     from tecli.train import MEMORY_FORMATS
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"--device must be cpu or cuda, got {shown(device)!r}")
-    if here and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
+    if here and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
     if memory_format not in MEMORY_FORMATS:
         raise UserError(f"--memory-format must be {' or '.join(MEMORY_FORMATS)}, got {shown(memory_format)!r}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {shown(threads)}")
+    return device
+
+
+def configure(device: str, threads: int | None, memory_format: str = "channels_last") -> str:
+    """check_settings, then set torch's and numba's CPU threads in this process, which trains."""
+    import numba
+    import torch
+
+    check_settings(device, threads, memory_format=memory_format)
     if threads is not None:
-        if not 1 <= threads <= MAX_THREADS:
-            raise UserError(f"--threads must be from 1 to {MAX_THREADS}, got {shown(threads)}")
-        torch.set_num_threads(threads)
+        # numba first: launching its OpenMP threading layer resets the process's OpenMP
+        # thread count, torch's included (torch set first would train on every core).
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        torch.set_num_threads(threads)
     return device
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from tecli.data import DataSplits
 from tecli.epoch import EpochResult
 from tecli.models import build_model
+from tecli.optim import SGD
 from tecli.spec import RunSpec
 from tecli.te.feedback import TEFeedback
 
@@ -70,9 +71,7 @@ class Training:
         torch.manual_seed(spec.seed)
         self.model = build_model(data.input_shape, data.n_classes).to(device, memory_format=layout)
         self.order = torch.Generator().manual_seed(spec.seed)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
+        self.optimizer = SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
         self.feedback = TEFeedback(self.model, spec.te, spec.batch_size, spec.te_seed) if spec.te else None
         self.model_args = {"input_shape": list(data.input_shape), "n_classes": data.n_classes}  # build_model(**args)
         self.x_train, self.y_train = data.x_train.to(device, memory_format=layout), data.y_train.to(device)

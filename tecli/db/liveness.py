@@ -108,6 +108,9 @@ def _token() -> str:
     return secrets.token_hex(16)
 
 
+os.register_at_fork(after_in_child=_token.cache_clear)  # a forked worker is an owner of its own
+
+
 def current_owner() -> Owner:
     """This process as an owner (the token is drawn once per process)."""
     pid = os.getpid()

@@ -80,14 +80,14 @@ def plan_sweep(
     against the settings first (a cluster that cannot be reached or cannot hold a run)."""
     from tecli.db.liveness import Lease
     from tecli.db.store import database_url, open_database
-    from tecli.runner import configure
+    from tecli.runner import check_settings
     from tecli.sweep.file import load_sweep
     from tecli.sweep.plan import plan
 
     spec = load_sweep(Path(file))
     url = database_url(db)
     Lease.from_env()
-    configure(device, threads, here=trains_here, memory_format=memory_format)  # checked before anything is recorded
+    check_settings(device, threads, here=trains_here, memory_format=memory_format)  # before anything is recorded
     if executor is not None:
         executor.start()
         executor.check(threads or executor.default_threads(), url)
