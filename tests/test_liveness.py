@@ -151,3 +151,20 @@ def test_a_bad_lease_setting_is_one_line_before_anything_is_written(tmp_path, mo
     assert result.exit_code == 2
     assert result.output == "error: TECLI_LEASE_SECONDS must be a positive number of seconds, got 'nan'\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_forked_process_is_an_owner_of_its_own():
+    """Sweep workers are forked from the sweep process: they must not share its token."""
+    parent = current_owner()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_put_owner_token, args=(queue,))
+    child.start()
+    token = queue.get(timeout=60)
+    child.join()
+    assert token != parent.token and len(token) == len(parent.token)
+    assert current_owner().token == parent.token  # drawn once per process
+
+
+def _put_owner_token(queue) -> None:
+    queue.put(current_owner().token)
