@@ -183,6 +183,19 @@ def _run(spec: RunSpec | None, db, data_dir, device, threads, memory_format, res
         raise typer.Exit(1) from None
 
 
+@contextmanager
+def _sweep_file_errors():
+    """Every problem of an invalid sweep file, one line each, exit code 2."""
+    from tecli.sweep.file import SweepFileError
+
+    try:
+        yield
+    except SweepFileError as error:
+        for line in str(error).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Sweep file, e.g. experiments.toml."),
@@ -199,7 +212,13 @@ def sweep(
     restart: bool = typer.Option(
         False, "--restart", help="Start interrupted runs over from epoch 1 instead of resuming them from their checkpoints."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (done / to run) and train nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the grid, the plan (done / to run) and the time left; train nothing, write nothing."
+    ),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", metavar="KEY.PATH=VALUE",
+        help="Override a file value with a TOML value, e.g. defaults.te.lam=[1,4] or datasets.usps.epochs=5 (repeatable).",
+    ),
     threads: Optional[int] = typer.Option(None, help="CPU threads per run (default: local, cores / workers; ray, 1)."),
     memory_format: Optional[str] = _memory_format_option(),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
@@ -207,7 +226,7 @@ def sweep(
     db: Optional[str] = _db_option(),
 ) -> None:
     """Run a grid of data sets x seeds x variants; completed runs are skipped, so rerunning resumes."""
-    with _user_errors():
+    with _user_errors(), _sweep_file_errors():
         from rich.console import Console
 
         from tecli.sweep.display import SweepProgress, plan_counts, plan_table
@@ -216,6 +235,15 @@ def sweep(
         runner = make_executor(
             executor, workers=workers, address=address, gpus_per_run=gpus_per_run, device=device, stall_timeout=stall_timeout
         )
+        console = Console()
+        if dry_run:
+            from tecli.sweep.dry_run import dry_run as preview
+
+            shown_plan = preview(file, db, overrides=overrides or (), retry_failed=retry_failed, restart=restart)
+            console.print(plan_table(shown_plan.planned))
+            console.print(f"sweep {shown_plan.spec.name}: {plan_counts(shown_plan.planned)}")
+            console.print(shown_plan.grid_text(), shown_plan.time_left_text(), sep="\n", markup=False, soft_wrap=True)
+            return
         planned = plan_sweep(
             file,
             db,
@@ -224,15 +252,11 @@ def sweep(
             device=device,
             threads=threads,
             trains_here=executor == "local",
-            executor=None if dry_run else runner,
+            executor=runner,
             memory_format=memory_format or "channels_last",
+            overrides=overrides or (),
         )
-        console = Console()
         name, counts_line = planned.spec.name, plan_counts(planned.planned)
-        if dry_run:
-            console.print(plan_table(planned.planned))
-            console.print(f"sweep {name}: {counts_line}")
-            return
         console.print(f"sweep {name}: {counts_line}; {runner.describe()}")
         display = SweepProgress(console, planned.to_run)
         with display:

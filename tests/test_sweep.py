@@ -102,7 +102,7 @@ def test_sweep_killed_with_sigkill_resumes_to_one_completed_run_per_key(tmp_path
 
 BAD_FILES = [
     ('name = "x"\nseeds = [0]\nepochs == 3\n', "TOML syntax error", "line 3"),
-    ("", "name: missing", None),
+    (TINY.format(epochs=2, extra="").replace('name = "tiny"', ""), "name: missing", None),
     (TINY.format(epochs=2, extra="").replace("lr = 0.05", "lr = 0.05\nepoch = 3"), "defaults.epoch (line 8): unknown key", None),
     (TINY.format(epochs="'two'", extra=""), "defaults.epochs (line 6): expected an integer >= 1, got 'two'", None),
     (TINY.format(epochs=2, extra="").replace("lam = 2.0", "lam = -1.0"), "variants.te.lam (line 20): expected a finite number >= 0", None),

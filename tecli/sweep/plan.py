@@ -35,39 +35,67 @@ class PlannedRun:
     spec: RunSpec
     key: str
     state: str  # done | running | failed | resume | to run
+    epochs_done: int = 0  # resume: the last finished epoch, where the run continues
 
     @property
     def label(self) -> str:
         return f"{self.spec.dataset}/{self.spec.variant}/seed {self.spec.seed}"
 
 
-def plan(engine: Engine, sweep: SweepSpec, retry_failed: bool, resume: bool = True) -> list[PlannedRun]:
-    keys = [spec.run_key() for spec in sweep.runs]
+@dataclass(frozen=True)
+class PastRun:
+    """A recorded run of a key: its status and, if it has one, its checkpoint's code and epoch."""
+
+    status: str
+    checkpoint_code: str | None = None
+    checkpoint_epoch: int | None = None
+
+
+def history(
+    engine: Engine, keys: list[str], checkpoints: bool = True, dead: frozenset[int] = frozenset()
+) -> dict[str, list[PastRun]]:
+    """Each key's recorded runs in id order. `dead`: ids of running runs whose owner is gone,
+    taken as interrupted (as open_database marks them). checkpoints=False: a database from
+    before checkpoints (schema 0001, read without upgrading it)."""
+    query = select(Run.id, Run.run_key, Run.status).where(Run.run_key.in_(keys)).order_by(Run.id)
+    if checkpoints:
+        query = query.add_columns(Checkpoint.code_version, Checkpoint.epoch)
+        query = query.outerjoin(Checkpoint, Checkpoint.run_id == Run.id)
     with Session(engine) as session:
-        rows = session.execute(
-            select(Run.run_key, Run.status, Checkpoint.code_version)
-            .outerjoin(Checkpoint, Checkpoint.run_id == Run.id)
-            .where(Run.run_key.in_(keys))
-            .order_by(Run.id)
-        ).all()
-    history: dict[str, list[tuple[str, str | None]]] = {}
-    for key, status, checkpoint_code in rows:
-        history.setdefault(key, []).append((status, checkpoint_code))
+        rows = session.execute(query).all()
+    past: dict[str, list[PastRun]] = {}
+    for run_id, key, status, *checkpoint in rows:
+        status = RunStatus.INTERRUPTED if run_id in dead else status
+        past.setdefault(key, []).append(PastRun(status, *checkpoint))
+    return past
+
+
+def plan(engine: Engine, sweep: SweepSpec, retry_failed: bool, resume: bool = True) -> list[PlannedRun]:
+    """The sweep's runs against the database (open_database: at the newest schema, dead runs marked)."""
+    return plan_from(sweep, history(engine, [spec.run_key() for spec in sweep.runs]), retry_failed, resume)
+
+
+def plan_from(
+    sweep: SweepSpec, past: dict[str, list[PastRun]], retry_failed: bool, resume: bool = True
+) -> list[PlannedRun]:
+    """The sweep's runs given each key's recorded runs (the resume rules above)."""
     code = code_version()
 
-    def state(key: str) -> str:
-        statuses = [status for status, _ in history.get(key, [])]
+    def planned(spec: RunSpec) -> PlannedRun:
+        key = spec.run_key()
+        runs = past.get(key, [])
+        statuses = [run.status for run in runs]
         if RunStatus.COMPLETED in statuses:
-            return "done"
+            return PlannedRun(spec, key, "done")
         if RunStatus.RUNNING in statuses:
-            return "running"
+            return PlannedRun(spec, key, "running")
         if statuses and statuses[-1] == RunStatus.FAILED and not retry_failed:
-            return "failed"
-        if resume and statuses and statuses[-1] == RunStatus.INTERRUPTED and history[key][-1][1] == code:
-            return "resume"
-        return "to run"
+            return PlannedRun(spec, key, "failed")
+        if resume and statuses and statuses[-1] == RunStatus.INTERRUPTED and runs[-1].checkpoint_code == code:
+            return PlannedRun(spec, key, "resume", runs[-1].checkpoint_epoch or 0)
+        return PlannedRun(spec, key, "to run")
 
-    return [PlannedRun(spec, key, state(key)) for spec, key in zip(sweep.runs, keys)]
+    return [planned(spec) for spec in sweep.runs]
 
 
 def register(engine: Engine, sweep: SweepSpec) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,18 +73,20 @@ def plan_sweep(
     trains_here: bool = True,
     executor: Executor | None = None,
     memory_format: str = "channels_last",
+    overrides: Sequence[str] = (),
 ) -> SweepPlan:
-    """Validate the file and the settings (UserError, before anything is written), open or
-    create the database, and plan the grid. trains_here=False (a cluster trains): the
-    device is not looked for on this machine. An `executor` given is started and checked
-    against the settings first (a cluster that cannot be reached or cannot hold a run)."""
+    """Validate the file with its `overrides` ("KEY.PATH=VALUE", as --set) and the settings
+    (UserError, before anything is written), open or create the database, and plan the
+    grid. trains_here=False (a cluster trains): the device is not looked for on this machine.
+    An `executor` given is started and checked against the settings first (a cluster that
+    cannot be reached or cannot hold a run)."""
     from tecli.db.liveness import Lease
     from tecli.db.store import database_url, open_database
     from tecli.runner import check_settings
     from tecli.sweep.file import load_sweep
     from tecli.sweep.plan import plan
 
-    spec = load_sweep(Path(file))
+    spec = load_sweep(Path(file), overrides)
     url = database_url(db)
     Lease.from_env()
     check_settings(device, threads, here=trains_here, memory_format=memory_format)  # before anything is recorded
