@@ -9,8 +9,11 @@ Claim (issue 13): a short run should spend its time training, not starting. For
   write, summary, interpreter teardown);
 
 the median of --repeats runs, and, in separate fresh processes, what the start-up
-is made of: `import torch`, the first optimizer, the TE kernels' warm-up, and the
-teardown of an interpreter that has torch loaded.
+is made of: `import torch`, tecli's first optimizer (tecli.optim.SGD), the TE
+kernels' warm-up, and the exit of an interpreter that has torch loaded, with its
+teardown (as Python exits) and without (as `tecli` exits: tecli.cli._exit); and,
+for comparison, the first torch.optim.SGD, which tecli no longer uses (it imports
+torch._dynamo).
 
     python benchmarks/startup.py [--repeats 3] [--data-dir PATH]
 """
@@ -36,14 +39,20 @@ t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
 model = torch.nn.Linear(84, 10)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+from tecli.optim import SGD
+optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
 t2 = time.perf_counter()
 from tecli.spec import TEConfig
 from tecli.te.feedback import TEFeedback
 from tecli.models import build_model
 feedback = TEFeedback(build_model((1, 16, 16), 10), TEConfig(), 64, 0)
 t3 = time.perf_counter()
-print(f"{t1 - t0} {t2 - t1} {t3 - t2} {time.time()}", flush=True)
+torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+t4 = time.perf_counter()
+print(f"{t1 - t0} {t2 - t1} {t3 - t2} {t4 - t3} {time.time()}", flush=True)
+if sys.argv[1] == "tecli":
+    from tecli.cli import _exit
+    _exit(0)
 """
 
 
@@ -68,11 +77,14 @@ def one_run(folder: Path, index: int, data_dir: str | None) -> tuple[float, floa
     return first_batch - began, ended - timestamp(epochs[-1].recorded_at), sum(e.seconds for e in epochs)
 
 
-def parts() -> tuple[float, float, float, float]:
-    done = subprocess.run([sys.executable, "-c", PARTS], capture_output=True, text=True, check=True)
-    ended = time.time()
-    torch_s, optimizer_s, warm_up_s, last = map(float, done.stdout.split())
-    return torch_s, optimizer_s, warm_up_s, ended - last
+def parts() -> tuple[float, ...]:
+    exits = []
+    for how in ("python", "tecli"):
+        done = subprocess.run([sys.executable, "-c", "import sys\n" + PARTS, how], capture_output=True, text=True, check=True)
+        ended = time.time()
+        torch_s, optimizer_s, warm_up_s, torch_optim_s, last = map(float, done.stdout.split())
+        exits.append(ended - last)
+    return torch_s, optimizer_s, warm_up_s, *exits, torch_optim_s
 
 
 def main() -> None:
@@ -88,7 +100,8 @@ def main() -> None:
     print(f"  training (2 epochs)    {statistics.median(trains):6.2f} s")
     print(f"  last epoch -> exit     {statistics.median(ends):6.2f} s   ({', '.join(f'{s:.2f}' for s in ends)})")
     measured = [parts() for _ in range(args.repeats)]
-    names = ("import torch", "first SGD optimizer", "TE warm-up (model + feedback)", "teardown with torch loaded")
+    names = ("import torch", "first tecli.optim.SGD", "TE warm-up (model + feedback)", "exit with Python's teardown",
+             "exit as tecli exits (no teardown)", "first torch.optim.SGD (not used)")
     print("what start-up and exit are made of (fresh processes, median):")
     for name, values in zip(names, zip(*measured)):
         print(f"  {name:<30} {statistics.median(values):6.2f} s")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
 from tecli import __version__
 from tecli.errors import UserError, shown
-from tecli.spec import RunSpec, TEConfig
+from tecli.spec import MODEL_NAMES, RunSpec, TEConfig
 
 app = typer.Typer(
     help="Experiment runner for transfer-entropy (TE) accelerated training of CNNs.",
@@ -92,7 +92,7 @@ def _parse_layers(text: str) -> tuple[int, ...]:
 
 # What --resume keeps from the run's recorded configuration: these may not be given with it.
 _SPEC_OPTIONS = (
-    "dataset", "te", "seed", "epochs", "lr", "momentum", "batch_size", "weight_decay", "te_threshold",
+    "dataset", "te", "seed", "epochs", "lr", "momentum", "batch_size", "weight_decay", "model", "te_threshold",
     "te_threshold_out", "te_window", "te_refresh", "te_fraction", "te_delay", "te_lambda", "te_mode",
     "te_layers", "te_reach", "te_subset_seed",
 )  # fmt: skip
@@ -109,6 +109,7 @@ def run(
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     batch_size: int = typer.Option(64, help="Mini-batch size."),
     weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
+    model: str = typer.Option(MODEL_NAMES[0], help=f"Model: {', '.join(MODEL_NAMES)} (README, Models)."),
     te_threshold: Optional[float] = _te_option("threshold", "Binarization threshold g of hidden (ReLU) outputs."),
     te_threshold_out: Optional[float] = _te_option("threshold_out", "Threshold of the class layer's softmax outputs."),
     te_window: Optional[int] = _te_option("window", "TE window in samples (rounded up to whole batches)."),
@@ -161,6 +162,7 @@ def run(
             momentum=momentum,
             batch_size=batch_size,
             weight_decay=weight_decay,
+            model=model,
             te=te_config,
         ).validate(_option_name)
         _run(spec, db, data_dir, device, threads, memory_format, None)
@@ -446,8 +448,6 @@ def db_history() -> None:
 
 def run_cli() -> None:
     """Console entry point: like app(), but click's usage errors are one line as well."""
-    import sys
-
     usage_error = typer.BadParameter.__base__  # click's UsageError, which typer vendors without exporting it
     try:
         code = app(prog_name="tecli", standalone_mode=False)
@@ -469,7 +469,28 @@ def run_cli() -> None:
             message = re.sub(long_value, cut, message)
             where = error.ctx.command_path if error.ctx else "tecli"
             typer.echo(f"error: {message} (see `{where} --help`)", err=True)
-        sys.exit(error.exit_code)
+        _exit(error.exit_code)
     except typer.Abort:
-        sys.exit(130)
-    sys.exit(code or 0)
+        _exit(130)
+    except SystemExit as stop:  # typer.Exit from a command, or sys.exit
+        _exit(stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1)
+    _exit(code or 0)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, which with torch, numba and
+    LLVM loaded takes 1-2 s and does nothing a command needs (benchmarks/startup.py).
+    What must happen at exit still does: the database connections are closed, the
+    atexit handlers run (Ray's shutdown, multiprocessing's children) and the output is
+    flushed. An unexpected exception does not come here: it exits as Python does."""
+    import atexit
+    import os
+    import sys
+
+    store = sys.modules.get("tecli.db.store")
+    if store is not None:
+        store.close_all()
+    atexit._run_exitfuncs()  # (CPython's own: what a normal exit runs before its teardown)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

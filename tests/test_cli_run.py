@@ -1,5 +1,8 @@
 """`tecli run` through Typer's CliRunner: real digits runs and one-line user errors."""
 
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -77,3 +80,18 @@ def test_missing_data_offline_is_one_clear_line(tmp_path, monkeypatch):
     assert len(lines) == 1
     assert "svhn" in lines[0] and str(empty) in lines[0]
     assert "train_32x32.mat" in lines[0] and "network is unreachable" in lines[0]
+
+
+def test_the_console_command_exits_with_its_code_and_a_clean_database(tmp_path):
+    """`tecli` skips the interpreter's teardown (seconds with torch loaded), but not what
+    exit must do: the exit code, the output, the database closed (no WAL file left)."""
+    db = tmp_path / "t.db"
+    command = [sys.executable, "-m", "tecli", "run", "--dataset", "digits", "--epochs", "1", "--db", str(db)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "best test accuracy" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.db"]
+    mistake = subprocess.run([*command[:4], "--dataset", "nope", "--db", str(db)], capture_output=True, text=True)
+    assert mistake.returncode == 2 and mistake.stderr.startswith("error: unknown dataset 'nope'")
+    usage = subprocess.run([sys.executable, "-m", "tecli", "run", "--epochs", "x"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "error:" in usage.stderr

@@ -18,6 +18,7 @@ import os
 import re
 import sqlite3
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,15 +130,26 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine alive, for close_all()
+
+
 def create_db_engine(db: str | os.PathLike | URL | None = None) -> Engine:
     """An engine for the database, with SQLite's concurrency settings; no schema work."""
     url = db if isinstance(db, URL) else database_url(db)
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url)
         _sqlite_setup(engine)
-        return engine
-    # pool_pre_ping: a worker's connection may outlive a server restart between epochs.
-    return create_engine(url, pool_pre_ping=True)
+    else:  # pool_pre_ping: a worker's connection may outlive a server restart between epochs.
+        engine = create_engine(url, pool_pre_ping=True)
+    _ENGINES.add(engine)
+    return engine
+
+
+def close_all() -> None:
+    """Close every engine's connections (SQLite then folds its WAL file back into the
+    database), for a process that exits without the interpreter's teardown."""
+    for engine in list(_ENGINES):
+        engine.dispose()
 
 
 def open_database(db: str | os.PathLike | URL | None = None, create: bool = True) -> Engine:
