@@ -83,3 +83,30 @@ def test_block_values_are_checked_before_the_window_changes():
     after = window.state_dict()
     for name, value in before.items():
         np.testing.assert_array_equal(after[name], value)
+
+
+@pytest.mark.parametrize("delay", [0, 1, 3])
+@pytest.mark.parametrize("block", [1, 2, 5, 64])
+def test_blocks_written_in_place_count_as_pushed_ones(delay, block):
+    """block() + push_block() (the training feedback's route) keeps the window's state
+    exactly as push() does, across resets and a last, shorter block."""
+    rng = np.random.default_rng(10 * block + delay)
+    n_src, n_tgt = 5, 3
+    pairs = np.array([[0, 0], [4, 2], [1, 1], [3, 0]])
+    pushed = SlidingPairTE(n_src, n_tgt, pairs, 3, delay)
+    written = SlidingPairTE(n_src, n_tgt, pairs, 3, delay)
+    for k, size in enumerate([block] * 6 + [max(1, block - 1)] + [block] * 3):
+        if k == 4:
+            pushed.reset()
+            written.reset()
+        sources, targets = rng.integers(0, 2, (n_src, size)), rng.integers(0, 2, (n_tgt, size))
+        pushed.push(sources, targets)
+        src_view, tgt_view = written.block(size)
+        src_view[...], tgt_view[...] = sources, targets
+        written.push_block()
+        assert written.samples == pushed.samples
+        np.testing.assert_array_equal(written.te(), pushed.te())
+        np.testing.assert_array_equal(written.counted, pushed.counted)
+        for name, value in pushed.state_dict().items():
+            np.testing.assert_array_equal(written.state_dict()[name], value, err_msg=name)
+    assert pushed.te().max() >= 0 and pushed.counted[0] > 0

@@ -10,7 +10,7 @@ from tecli.data import load_dataset
 from tecli.models import build_model, linear_layers
 from tecli.spec import RunSpec, TEConfig
 from tecli.te import transfer_entropy_pairs
-from tecli.te.feedback import TEFeedback, _ScaledLinear, host_block
+from tecli.te.feedback import TEFeedback, _ScaledLinear, fill_block
 from tecli.train import train
 
 
@@ -160,9 +160,9 @@ def test_capture_schedule_and_refresh_use_exactly_the_window_before_each_refresh
     seen, pushed = [], []
     last = linear_layers(model)[-1]
     last.register_forward_hook(lambda m, i, o: seen.append((i[0].detach() > 0, torch.softmax(o.detach(), 1) > 0.1)))
-    real_push = slot.window.push
+    real_push = slot.window.push_block
     batch = [None]
-    slot.window.push = lambda s, t: (pushed.append(batch[0]), real_push(s, t))
+    slot.window.push_block = lambda: (pushed.append(batch[0]), real_push())
     refreshed = {}
     for b in range(10):
         batch[0] = b
@@ -203,8 +203,10 @@ def test_activations_packed_where_they_are_reach_the_window_unchanged(batch):
     """The GPU route (binarize and pack on the device, copy only the words) on CPU tensors:
     the same block as copying the bools."""
     active = torch.rand(batch, 84, generator=torch.Generator().manual_seed(batch)) > 0.5
-    packed, plain = host_block(active, packed=True), host_block(active, packed=False)
-    assert packed.dtype == plain.dtype == np.bool_ and packed.shape == (84, batch)
+    packed, plain = np.full((84, batch), 7, np.uint8), np.full((84, batch), 7, np.uint8)
+    fill_block(packed, active, packed=True)
+    fill_block(plain, active, packed=False)
+    assert np.array_equal(plain, active.numpy().T)
     assert np.array_equal(packed, plain)
 
 
@@ -216,3 +218,21 @@ def test_te_training_on_cuda_learns_with_the_packed_capture(digits):
     assert on_gpu[-1][3] > 0.85 and on_gpu[-1][4] > 0  # test accuracy; mean TE from the packed words
     on_cpu = metrics(train(spec, digits))
     assert np.allclose([m[:4] for m in on_gpu], [m[:4] for m in on_cpu], atol=0.02)
+
+
+def test_factors_are_set_as_torch_computed_them():
+    """The refresh writes 1 + lam * TE in float32 into the factors, as the torch ops did."""
+    from tecli.te.feedback import _set_factors
+
+    rng = np.random.default_rng(0)
+    te = rng.random(500) * rng.integers(0, 2, 500) * 0.7
+    flat = np.sort(rng.choice(2000, 500, replace=False))
+    for scale in (1.0, -4.0, 0.3, 16.0):
+        factor = np.ones(2000, np.float32)
+        positive, dev_sum, dev_max = _set_factors(te, flat, scale, factor)
+        expected = torch.ones(2000)
+        expected.index_copy_(0, torch.from_numpy(flat), torch.from_numpy(te).float().mul_(scale).add_(1.0))
+        assert np.array_equal(factor, expected.numpy())
+        deviation = np.abs(factor[flat].astype(np.float64) - 1.0)
+        assert positive == (te > 0).sum() and dev_max == deviation.max()
+        assert dev_sum == pytest.approx(deviation.sum(), rel=1e-12)

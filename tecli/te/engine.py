@@ -179,9 +179,9 @@ def _te(n, a, b, ab, target_part, c, ac, bc, abc, klogk):
 
 
 @nb.njit(cache=True)
-def _te_from_counts(n, target, source, pair, pairs, klogk):
-    out = np.zeros(pairs.shape[0], np.float64)
+def _te_from_counts(n, target, source, pair, pairs, klogk, out):
     if n == 0:
+        out[:] = 0.0
         return out
     parts = np.empty(target.shape[0], np.float64)
     for j in range(target.shape[0]):
@@ -444,10 +444,12 @@ def count_triples(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: in
     return TripleCounts(src.shape[1] - history(delay), target, source, counts)
 
 
-def te_from_counts(counts: TripleCounts, pairs: np.ndarray) -> np.ndarray:
-    """TE (bits) per pair from counts taken over the same pairs."""
+def te_from_counts(counts: TripleCounts, pairs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """TE (bits) per pair from counts taken over the same pairs, into `out` (float64, (P,))
+    when given."""
     table = klogk_table(counts.n)
-    return _te_from_counts(counts.n, counts.target, counts.source, counts.pair, pairs, table)
+    out = np.empty(len(pairs), np.float64) if out is None else out
+    return _te_from_counts(counts.n, counts.target, counts.source, counts.pair, pairs, table, out)
 
 
 def check_delay(delay, length: int) -> int:

@@ -28,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 import torch
 from torch import nn
@@ -54,12 +55,32 @@ class _ScaledLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_out.sum(0), None
 
 
-def host_block(active: torch.Tensor, packed: bool) -> np.ndarray:
-    """(batch, n) bool activations -> the (n, batch) bool block the window takes, on the host.
+def fill_block(block: np.ndarray, active: torch.Tensor, packed: bool) -> None:
+    """Write (batch, n) bool activations into the window's (n, batch) uint8 block on the host.
     packed: pack on the tensor's device and copy only the words (what a GPU does)."""
-    if not packed:
-        return active.t().cpu().numpy()
-    return unpack_bits(pack_bits_torch(active.t()).cpu().numpy(), active.shape[0])
+    if packed:
+        block[...] = unpack_bits(pack_bits_torch(active.t()).cpu().numpy(), active.shape[0])
+    else:
+        torch.from_numpy(block).copy_(active.t())
+
+
+@nb.njit(cache=True)
+def _set_factors(te, flat_index, scale, factor):
+    """factor[flat_index[p]] = 1 + scale * te[p] in float32, as torch computes it on a
+    float32 tensor; returns (#pairs with TE > 0, sum and max of |factor - 1|)."""
+    scale32 = np.float32(scale)
+    one = np.float32(1.0)
+    positive = 0
+    dev_sum = 0.0
+    dev_max = 0.0
+    for p in range(te.shape[0]):
+        value = np.float32(np.float32(te[p]) * scale32) + one
+        factor[flat_index[p]] = value
+        positive += te[p] > 0.0
+        dev = abs(np.float64(value) - 1.0)
+        dev_sum += dev
+        dev_max = max(dev_max, dev)
+    return positive, dev_sum, dev_max
 
 
 @dataclass
@@ -69,9 +90,44 @@ class _Slot:
     layer: nn.Linear
     is_class_layer: bool
     window: SlidingPairTE
-    flat_index: torch.Tensor  # flat indices j * n_in + i of the chosen pairs into W
+    flat_index: np.ndarray  # flat indices j * n_in + i of the chosen pairs into W
     factor: torch.Tensor  # (n_out, n_in), ones outside the chosen pairs
+    factor_host: np.ndarray  # its values on the host: a view of it on the CPU, else a copy sent at each refresh
     te: np.ndarray  # TE of the chosen pairs at the last refresh
+
+
+class _Diagnostics:
+    """Running sums behind TEFeedback.diagnostics()."""
+
+    def __init__(self):
+        self.counted = np.zeros(3, np.int64)  # the windows' counted triples / source ones / target ones so far
+        self.pairs = self.positive = 0
+        self.dev_sum = self.dev_max = 0.0
+        self.last = (None, 0.0, 0.0)  # share of TE > 0, mean and max |factor - 1| of the last refresh
+
+    def refreshed(self, pairs: int, positive: int, dev_sum: float, dev_max: float) -> None:
+        self.pairs += pairs
+        self.positive += positive
+        self.dev_sum += dev_sum
+        self.dev_max = max(self.dev_max, dev_max)
+
+    def epoch(self, counted: np.ndarray, slots) -> dict[str, float | None]:
+        triples, source_ones, target_ones = counted - self.counted
+        self.counted = counted
+        if self.pairs:
+            self.last = (self.positive / self.pairs, self.dev_sum / self.pairs, self.dev_max)
+        share, dev_mean, dev_max = self.last
+        self.pairs = self.positive = 0
+        self.dev_sum = self.dev_max = 0.0
+        sources = sum(slot.window.n_sources for slot in slots)
+        targets = sum(slot.window.n_targets for slot in slots)
+        return {
+            "source_fire_rate": source_ones / (triples / len(slots) * sources) if triples else None,
+            "target_fire_rate": target_ones / (triples / len(slots) * targets) if triples else None,
+            "te_positive_share": share,
+            "factor_dev_mean": dev_mean,
+            "factor_dev_max": dev_max,
+        }
 
 
 class TEFeedback:
@@ -82,6 +138,7 @@ class TEFeedback:
         self._batch = 0
         self._capturing = False
         self._refreshed = False
+        self._diagnostics = _Diagnostics()
         self.rng = np.random.default_rng(seed)  # the TE side's own generator: draws the pair subset
         rng = self.rng
         linears = linear_layers(model)
@@ -93,12 +150,14 @@ class TEFeedback:
             n_pairs = max(1, round(config.fraction * n_in * n_out))
             flat = np.sort(rng.choice(n_in * n_out, size=n_pairs, replace=False))
             pairs = np.stack([flat % n_in, flat // n_in], axis=1)
+            factor = torch.ones_like(layer.weight, requires_grad=False)
             slot = _Slot(
                 layer=layer,
                 is_class_layer=layer is linears[-1],
                 window=SlidingPairTE(n_in, n_out, pairs, self.window_blocks, config.delay),
-                flat_index=torch.as_tensor(flat, device=layer.weight.device),
-                factor=torch.ones_like(layer.weight, requires_grad=False),
+                flat_index=flat.astype(np.int64),
+                factor=factor,
+                factor_host=factor.view(-1).numpy() if factor.device.type == "cpu" else np.ones(factor.numel(), np.float32),
                 te=np.zeros(n_pairs),
             )
             self._slots.append(slot)
@@ -115,10 +174,13 @@ class TEFeedback:
         """
         samples = max(batch_size, self.config.delay + 2)
         for slot in self._slots:
-            n_out, n_in = slot.layer.weight.shape
-            slot.window.push(np.zeros((n_in, samples), bool), np.zeros((n_out, samples), bool))
-            slot.window.te()
+            for _ in range(2):  # a new stream's first block, then one that follows carried samples
+                slot.window.block(samples)
+                slot.window.push_block()
+            te = slot.window.te()
+            _set_factors(te, slot.flat_index, 0.0, np.ones(slot.factor.numel(), np.float32))
             slot.window.reset()
+        self._diagnostics.counted = self._counted()  # the warm-up's samples are no epoch's
 
     @staticmethod
     def _scaled_forward(slot: _Slot):
@@ -138,9 +200,10 @@ class TEFeedback:
             else:  # relu(out) > g is out > g for g >= 0, without computing the ReLU again
                 fired = (out if self.config.threshold >= 0 else torch.relu(out)) > self.config.threshold
             packed = out.is_cuda
-            sources = host_block(inputs[0].detach() > self.config.threshold, packed)
-            targets = host_block(fired, packed)
-            slot.window.push(sources, targets)
+            sources, targets = slot.window.block(out.shape[0])
+            fill_block(sources, inputs[0].detach() > self.config.threshold, packed)
+            fill_block(targets, fired, packed)
+            slot.window.push_block()
             self.seconds += time.perf_counter() - start
 
         return hook
@@ -168,9 +231,11 @@ class TEFeedback:
     def _refresh(self) -> None:
         scale = self.config.lam if self.config.mode == "amplify" else -self.config.lam
         for slot in self._slots:
-            slot.te = slot.window.te()
-            values = torch.from_numpy(slot.te).to(slot.factor.device, slot.factor.dtype).mul_(scale).add_(1.0)
-            slot.factor.view(-1).index_copy_(0, slot.flat_index, values)
+            slot.window.te(out=slot.te)
+            positive, dev_sum, dev_max = _set_factors(slot.te, slot.flat_index, scale, slot.factor_host)
+            if slot.factor.device.type != "cpu":
+                slot.factor.view(-1).copy_(torch.from_numpy(slot.factor_host))
+            self._diagnostics.refreshed(len(slot.te), positive, dev_sum, dev_max)
         self._refreshed = True
 
     def te_stats(self) -> tuple[float | None, float | None]:
@@ -179,6 +244,17 @@ class TEFeedback:
             return None, None
         values = np.concatenate([slot.te for slot in self._slots])
         return float(values.mean()), float(values.max())
+
+    def diagnostics(self) -> dict[str, float | None]:
+        """Did the feedback act since the last call (an epoch)? The fire rates of its source
+        and target neurons in the captured samples, the share of active pairs with TE > 0
+        at its refreshes, and the mean and max |factor - 1| over the factors they set.
+        Without a refresh in the epoch the factors set before still apply: their figures
+        are repeated (all ones before the first refresh: 0)."""
+        return self._diagnostics.epoch(self._counted(), self._slots)
+
+    def _counted(self) -> np.ndarray:
+        return sum((slot.window.counted for slot in self._slots), np.zeros(3, np.int64))
 
     def state_dict(self) -> dict:
         """The feedback's state between batches: position in the refresh cycle, capture flag,
@@ -205,6 +281,7 @@ class TEFeedback:
         for slot, saved in zip(self._slots, state["slots"]):
             slot.window.load_state_dict(saved["window"])
             slot.factor.copy_(saved["factor"])
+            slot.factor_host[...] = saved["factor"].reshape(-1).numpy()  # (on the CPU, a view of the same)
             slot.te = np.array(saved["te"], np.float64)
 
     def close(self) -> None:

@@ -15,9 +15,18 @@ pushed blocks are not consecutive samples).
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 
 from tecli.te import engine, packing
+
+
+@nb.njit(cache=True)
+def _advance(total, slot, new):
+    """total += new - slot; slot = new: a block replaces the oldest in the window's sums."""
+    for k in range(total.shape[0]):
+        total[k] += new[k] - slot[k]
+        slot[k] = new[k]
 
 
 class SlidingPairTE:
@@ -39,6 +48,10 @@ class SlidingPairTE:
         self._ring_target = np.zeros((k, n_targets, 3), np.int64)
         self._ring_source = np.zeros((k, n_sources), np.int64)
         self._ring_pair = np.zeros((k, p, 3), np.int64)
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # samples -> block() buffers
+        # Every triple counted since the window was made, summed over its neurons: triples,
+        # source ones (c) and target ones (a); the feedback's fire rates come from these.
+        self.counted = np.zeros(3, np.int64)
         self.reset()
 
     def reset(self) -> None:
@@ -60,6 +73,31 @@ class SlidingPairTE:
         """Number of triples in the current window."""
         return self._total.n
 
+    def block(self, samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """Writable (n_sources, samples) and (n_targets, samples) uint8 views in which to
+        write the next block's 0/1 values, then call push_block(): the training feedback
+        fills them straight from its tensors, sparing push() its checks and copies."""
+        if samples not in self._buffers:
+            h = self._h
+            self._buffers[samples] = (
+                np.zeros((self.n_sources, h + samples), np.uint8),
+                np.zeros((self.n_targets, h + samples), np.uint8),
+            )
+        src, tgt = self._buffers[samples]
+        self._pending = samples
+        return src[:, self._h :], tgt[:, self._h :]
+
+    def push_block(self) -> None:
+        """Push the block written into block()'s views (same result as push() of it)."""
+        src, tgt = self._buffers[self._pending]
+        h, carried = self._h, self._carry_src.shape[1]
+        if carried == h:  # the usual case: the carried samples go in front, no copy of the block
+            src[:, :h] = self._carry_src
+            tgt[:, :h] = self._carry_tgt
+            self._push_joined(src, tgt)
+        else:  # a new stream: fewer samples carried than the buffer has room for
+            self.push(src[:, h:], tgt[:, h:])
+
     def push(self, sources, targets) -> None:
         """Append one block: sources (n_src, B) and targets (n_tgt, B), binary, in sample order."""
         src = packing.binary_view(sources, "sources", 2)
@@ -69,14 +107,18 @@ class SlidingPairTE:
                 f"block shapes {src.shape} and {tgt.shape} do not match "
                 f"({self.n_sources}, B) and ({self.n_targets}, B)"
             )
-        src = np.concatenate([self._carry_src, src], axis=1)
-        tgt = np.concatenate([self._carry_tgt, tgt], axis=1)
+        self._push_joined(np.concatenate([self._carry_src, src], axis=1), np.concatenate([self._carry_tgt, tgt], axis=1))
+
+    def _push_joined(self, src: np.ndarray, tgt: np.ndarray) -> None:
+        """Count the triples of the carried samples followed by the block (C-contiguous
+        integer arrays) into the ring, and carry the block's last samples."""
         if tgt.shape[1] <= self._h:  # not one full triple yet: the samples wait in the carry
             packing.pack_binary(src, "sources")  # (packed only to check their values)
             packing.pack_binary(tgt, "targets")
             self._keep_carry(src, tgt)
             return
         counts = engine.count_triples(src, tgt, self.pairs, self.delay)  # checks the values too
+        self.counted += (counts.n, counts.source.sum(), counts.target[:, 0].sum())
         self._keep_carry(src, tgt)
         s = self._slot
         total = self._total
@@ -85,8 +127,7 @@ class SlidingPairTE:
             (self._ring_source, total.source, counts.source),
             (self._ring_pair, total.pair, counts.pair),
         ):
-            running += new - ring[s]  # in place: the totals are the window's own arrays
-            ring[s] = new
+            _advance(running.reshape(-1), ring[s].reshape(-1), new.reshape(-1))
         self._total = total._replace(n=total.n - self._ring_n[s] + counts.n)
         self._ring_n[s] = counts.n
         self._slot = (s + 1) % self.window_blocks
@@ -95,9 +136,11 @@ class SlidingPairTE:
         self._carry_src = src[:, -self._h :].astype(np.uint8)
         self._carry_tgt = tgt[:, -self._h :].astype(np.uint8)
 
-    def te(self) -> np.ndarray:
-        """(P,) TE in bits of each pair over the current window (zeros while empty)."""
-        return engine.te_from_counts(self._total, self.pairs)
+    def te(self, out: np.ndarray | None = None) -> np.ndarray:
+        """(P,) TE in bits of each pair over the current window (zeros while empty), into
+        `out` when given."""
+        return engine.te_from_counts(self._total, self.pairs, out)
+
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """Everything the window holds (ring, totals, slot, carried samples), for checkpoints."""
