@@ -292,9 +292,14 @@ def report(
         help="Compare seconds even between runs measured under different conditions (device, threads, "
         "CPU model, code version); the statements still name the differences.",
     ),
+    clock: str = typer.Option("wall", help="What seconds are: wall time, or the process's CPU time (cpu)."),
+    grid: bool = typer.Option(
+        False, "--grid", help="Show the grid view (variants ranked by median speedup) for every data set, not only "
+        "for those with more than 3 variants.",
+    ),  # fmt: skip
     db: Optional[str] = _db_option(),
 ) -> None:
-    """Epochs-to-target and wall-clock-to-target per data set and variant, over seeds."""
+    """Epochs-to-target and seconds-to-target per data set and variant, over seeds."""
     with _user_errors():
         from tecli.report import render
 
@@ -311,13 +316,13 @@ def report(
         from tecli.report.build import build_report
 
         result = build_report(
-            open_database(db, create=False), sweep, dataset, variant, target, metric, baseline, mixed_conditions
+            open_database(db, create=False), sweep, dataset, variant, target, metric, baseline, mixed_conditions, clock, grid
         )
         images = []
         if output is not None:
-            from tecli.report.plots import plot_curves
+            from tecli.report.plots import plot_curves, plot_lambda
 
-            images = plot_curves(result, output.parent, output.stem)
+            images = plot_curves(result, output.parent, output.stem) + plot_lambda(result, output.parent, output.stem)
         if output_format == "table":
             render.print_tables(result)
             text = None

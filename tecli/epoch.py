@@ -19,6 +19,13 @@ class EpochResult:
     te_seconds: float  # part of `seconds` spent on TE work (capture, binarize, engine, scaling)
     te_mean: float | None  # mean TE (bits) over the active pairs at the epoch's last refresh
     te_max: float | None
+    cpu_seconds: float | None = None  # process CPU time (all threads) over the span of `seconds`
+    # Feedback diagnostics of a TE run's epoch (None for a baseline): did the feedback act?
+    source_fire_rate: float | None = None  # mean fire rate of the feedback's source neurons
+    target_fire_rate: float | None = None  # and of its target neurons
+    te_positive_share: float | None = None  # share of active pairs with TE > 0 at the epoch's refreshes
+    factor_dev_mean: float | None = None  # mean |factor - 1| over the factors applied in the epoch
+    factor_dev_max: float | None = None  # max |factor - 1|: 0 means the feedback changed nothing
 
     @property
     def te_share(self) -> float:

@@ -290,6 +290,8 @@ def run_one(
 
     def on_epoch(result: EpochResult) -> None:
         progress.console.print(_epoch_line(result, spec.epochs, spec.te is not None), soft_wrap=True)
+        if spec.te is not None and result.factor_dev_max == 0:
+            progress.console.print(_inert_line(result, spec), soft_wrap=True, markup=False)
         progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
 
     prepared = prepare(spec, data_dir, device, on_batch, memory_format=memory_format)
@@ -347,6 +349,19 @@ def _epoch_line(r: EpochResult, epochs: int, is_te: bool) -> str:
         f"epoch {r.epoch:>3}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
         f"test loss {r.test_loss:.4f} acc {r.test_acc:.4f}  {r.seconds:6.2f} s{te}"
     )
+
+
+def _inert_line(r: EpochResult, spec: RunSpec) -> str:
+    """The warning for an epoch in which the feedback changed no gradient: the run is its baseline there."""
+    if r.te_positive_share is None:
+        why = "no TE refresh has happened yet"
+    elif r.target_fire_rate == 0:
+        why = f"no target neuron fired (threshold_out {spec.te.threshold_out:g}, threshold {spec.te.threshold:g})"
+    elif r.source_fire_rate == 0:
+        why = f"no source neuron fired (threshold {spec.te.threshold:g})"
+    else:
+        why = "every TE was 0" if r.te_positive_share == 0 else f"lam is {spec.te.lam:g}"
+    return f"warning: epoch {r.epoch}: the TE feedback changed nothing (all factors 1): {why}; this epoch trained as the baseline"
 
 
 def _summary(spec: RunSpec, results: list[EpochResult]) -> Table:

@@ -93,7 +93,7 @@ class Training:
         spec, model, feedback, device = self.spec, self.model, self.feedback, self.device
         n = len(self.x_train)
         n_batches = (n + spec.batch_size - 1) // spec.batch_size
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         te_before = feedback.seconds if feedback else 0.0
         permutation = torch.randperm(n, generator=self.order).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -116,6 +116,7 @@ class Training:
                 self.on_batch(b + 1, n_batches)
         test_loss, test_acc = evaluate(model, self.x_test, self.y_test)
         te_mean, te_max = feedback.te_stats() if feedback else (None, None)
+        diagnostics = feedback.diagnostics() if feedback else {}
         return EpochResult(
             epoch=epoch,
             train_loss=loss_sum.item() / n,
@@ -123,9 +124,11 @@ class Training:
             test_loss=test_loss,
             test_acc=test_acc,
             seconds=time.perf_counter() - start,
+            cpu_seconds=time.process_time() - cpu_start,
             te_seconds=(feedback.seconds - te_before) if feedback else 0.0,
             te_mean=te_mean,
             te_max=te_max,
+            **diagnostics,
         )
 
     def state_dict(self) -> dict:

@@ -95,3 +95,30 @@ def test_the_console_command_exits_with_its_code_and_a_clean_database(tmp_path):
     assert mistake.returncode == 2 and mistake.stderr.startswith("error: unknown dataset 'nope'")
     usage = subprocess.run([sys.executable, "-m", "tecli", "run", "--epochs", "x"], capture_output=True, text=True)
     assert usage.returncode == 2 and "error:" in usage.stderr
+
+
+def test_an_epoch_whose_feedback_changed_nothing_is_flagged_and_its_diagnostics_recorded(tmp_path):
+    """On digits the class layer's softmax stays under 0.5 early on: no target fires, every
+    factor stays 1. The run says so for each such epoch, and the rows show why; with a
+    threshold the outputs reach, the feedback acts and nothing is flagged."""
+    from sqlalchemy import select
+
+    from tecli.db.schema import Epoch
+    from tecli.db.store import open_database
+
+    def run(db, *extra):
+        result = invoke("run", "--dataset", "digits", "--epochs", "2", "--te", "--te-refresh", "4", "--db", str(db), *extra)
+        assert result.exit_code == 0, result.output
+        with open_database(db).connect() as connection:
+            return result.output, connection.execute(select(Epoch).order_by(Epoch.epoch)).all()
+
+    output, rows = run(tmp_path / "inert.db")
+    assert output.count("the TE feedback changed nothing") == 2 and "no target neuron fired" in output
+    assert [row.factor_dev_max for row in rows] == [0.0, 0.0]
+    assert all(row.target_fire_rate == 0.0 and 0 < row.source_fire_rate < 1 for row in rows)
+    assert all(row.cpu_seconds > 0 for row in rows)
+
+    output, rows = run(tmp_path / "acting.db", "--te-threshold-out", "0.1")
+    assert "changed nothing" not in output
+    assert all(row.factor_dev_max > 0 and row.factor_dev_mean > 0 and 0 < row.te_positive_share <= 1 for row in rows)
+    assert all(0 < row.target_fire_rate < 1 for row in rows)

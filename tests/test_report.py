@@ -232,18 +232,18 @@ EXPECTED_MARKDOWN = """\
 
 Targets: usps 0.9 test_acc. Baseline variant: baseline.
 Conditions of measurement: device cpu, threads 1, memory_format channels_last, cpu_model test cpu, code_version src:test (8 runs).
-Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p. Seconds (to target, epoch time, speedup) are compared only between runs measured under the same conditions (device and GPU, threads, memory format, CPU model, code version); where these differ they show as - and the statement names the difference.
+Epochs and seconds to target: mean ± std (median) over the runs that reached the target; seconds are cumulative epoch wall time, TE work and test evaluation included. Speedup: baseline / variant over seeds where both reached the target, two-sided Wilcoxon signed-rank p (with Holm's adjustment across a data set's variants beside it, where it has several). Median speedup: the median over those seeds of baseline / variant, with its percentile bootstrap 95% interval over seed pairs. Seconds (to target, epoch time, speedup) are compared only between runs measured under the same conditions (device and GPU, threads, memory format, CPU model, code version); where these differ they show as - and the statement names the difference.
 
 ## Per data set and variant
 
-| data set | variant | n | reached | epochs to target | seconds to target | final test acc | epoch time vs baseline | TE share | speedup epochs (p) | speedup seconds (p) | runs |
-|---|---|---|---|---|---|---|---|---|---|---|---|
-| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) | 0.9150 ± 0.0451 | 1.000 | 0.0% | - | - | 1 3 5 7 |
-| usps | te | 4 | 4 | 1.8 ± 0.5 (median 2.0) | 2.6 ± 0.8 (median 3.0) | 0.9375 ± 0.0222 | 1.500 | 20.0% | 1.20x (p P_EPOCHS) | 0.80x (p P_SECONDS) | 2 4 6 8 |
+| data set | variant | n | reached | epochs to target | seconds to target | final test acc | epoch time vs baseline | TE share | speedup epochs (p) | median speedup epochs [95% CI] | speedup seconds (p) | median speedup seconds [95% CI] | runs |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) | 0.9150 ± 0.0451 | 1.000 | 0.0% | - | - | - | - | 1 3 5 7 |
+| usps | te | 4 | 4 | 1.8 ± 0.5 (median 2.0) | 2.6 ± 0.8 (median 3.0) | 0.9375 ± 0.0222 | 1.500 | 20.0% | 1.20x (p P_EPOCHS) | 1.50x [0.50, 2.00] | 0.80x (p P_SECONDS) | 1.00x [0.33, 1.33] | 2 4 6 8 |
 
 ## What the numbers say
 
-- usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = P_EPOCHS), 0.80x in seconds (p = P_SECONDS); an epoch costs 1.50x the baseline's (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05; with 3 pairs that differ the smallest attainable p is 0.2500, so more seeds are needed.
+- usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = P_EPOCHS; median per seed 1.50x, 95 % bootstrap interval 0.50 to 2.00), 0.80x in seconds (p = P_SECONDS); an epoch costs 1.50x the baseline's (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05; with 3 pairs that differ the smallest attainable p is 0.2500, so more seeds are needed.
 
 ## Runs
 
@@ -316,7 +316,8 @@ def test_baseline_and_te_on_different_threads_compare_epochs_only(tmp_path):
     assert (runs[1]["threads"], runs[2]["threads"]) == (1, 2)
     assert runs[2]["seconds_to_target"] == 1.5  # a run's own seconds are not a comparison
     assert data["statements"][1] == (
-        f"usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = {P_EPOCHS:.3f})"
+        f"usps/te vs baseline, 3 paired seeds, target 0.9 test_acc: speedup 1.20x in epochs (Wilcoxon p = {P_EPOCHS:.3f}; "
+        "median per seed 1.50x, 95 % bootstrap interval 0.50 to 2.00)"
         " (1 of 4 baseline runs never reached 0.9 test_acc). No significant difference in epochs to the target at 0.05;"
         " with 3 pairs that differ the smallest attainable p is 0.2500, so more seeds are needed."
         " Seconds are not compared: runs differ in threads (1, 2); " + NOT_COMPARED
@@ -325,7 +326,7 @@ def test_baseline_and_te_on_different_threads_compare_epochs_only(tmp_path):
 
     markdown = report(db, "--format", "markdown", "--dataset", "usps")
     assert (
-        f"| usps | te | 4 | 4 | 1.8 ± 0.5 (median 2.0) | - | 0.9375 ± 0.0222 | - | 20.0% | 1.20x (p {P_EPOCHS:.3f}) | - | 2 4 6 8 |"
+        f"| usps | te | 4 | 4 | 1.8 ± 0.5 (median 2.0) | - | 0.9375 ± 0.0222 | - | 20.0% | 1.20x (p {P_EPOCHS:.3f}) | 1.50x [0.50, 2.00] | - | - | 2 4 6 8 |"
         in markdown
     )
     assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | 2.0 ± 1.0 (median 2.0) |" in markdown
@@ -352,7 +353,10 @@ def test_mixed_conditions_flag_compares_seconds_and_still_names_the_difference(t
     assert f"0.80x in seconds (p = {P_SECONDS:.3f}); an epoch costs 1.50x the baseline's" in statement
     assert statement.endswith("Seconds compare runs that differ in threads (1, 2) (--mixed-conditions); read them with care.")
     markdown = report(db, "--format", "markdown", "--dataset", "usps", "--mixed-conditions")
-    assert f"| 2.6 ± 0.8 (median 3.0) | 0.9375 ± 0.0222 | 1.500 | 20.0% | 1.20x (p {P_EPOCHS:.3f}) | 0.80x (p {P_SECONDS:.3f}) |" in markdown
+    assert (
+        f"| 2.6 ± 0.8 (median 3.0) | 0.9375 ± 0.0222 | 1.500 | 20.0% | 1.20x (p {P_EPOCHS:.3f}) | 1.50x [0.50, 2.00] | "
+        f"0.80x (p {P_SECONDS:.3f}) | 1.00x [0.33, 1.33] |" in markdown
+    )
     assert "Seconds are compared even between runs measured under different conditions (--mixed-conditions)" in markdown
 
 
@@ -413,7 +417,7 @@ def test_an_old_row_without_conditions_in_the_baseline(tmp_path):
     assert (runs[3]["threads"], runs[3]["cpu_model"], runs[3]["code_version"]) == (None, None, None)
     markdown = report(db, "--format", "markdown", "--dataset", "usps")
     assert "| 3 | usps | baseline | 1 | 3/3 | 3 | 3.0 | 0.9200 | 0.9200 | 1.00 | 0.0% | cpu | unknown | unknown |" in markdown
-    assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | - | 0.9150 ± 0.0451 | - | 0.0% | - | - | 1 3 5 7 |" in markdown
+    assert "| usps | baseline | 4 | 3 | 2.0 ± 1.0 (median 2.0) | - | 0.9150 ± 0.0451 | - | 0.0% | - | - | - | - | 1 3 5 7 |" in markdown
 
 
 def test_null_conditions_equal_themselves(tmp_path):

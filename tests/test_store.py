@@ -2,6 +2,7 @@
 past schemas upgraded with their data, recording, many writers, location rules."""
 
 import multiprocessing
+from dataclasses import replace
 import os
 import re
 import shutil
@@ -70,13 +71,14 @@ def test_a_database_of_schema_0001_upgrades_with_its_data_intact(backend, tmp_pa
     assert migrate.current(engine) == "0001"
     with engine.connect() as connection:
         before_runs = connection.execute(text("SELECT * FROM runs ORDER BY id")).mappings().all()
-        before_epochs = connection.execute(text("SELECT * FROM epochs ORDER BY id")).all()
+        before_epochs = connection.execute(text("SELECT * FROM epochs ORDER BY id")).mappings().all()
         before_sweeps = connection.execute(text("SELECT * FROM sweeps ORDER BY id")).all()
     engine = open_database(url)  # upgrades
     assert migrate.current(engine) == SCHEMA_HEAD
     with engine.connect() as connection:
         after_runs = connection.execute(text("SELECT * FROM runs ORDER BY id")).mappings().all()
-        assert connection.execute(text("SELECT * FROM epochs ORDER BY id")).all() == before_epochs
+        after_epochs = connection.execute(text("SELECT * FROM epochs ORDER BY id")).mappings().all()
+        assert [{k: new[k] for k in old.keys()} for old, new in zip(before_epochs, after_epochs)] == before_epochs
         assert connection.execute(text("SELECT * FROM sweeps ORDER BY id")).all() == before_sweeps
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
@@ -95,29 +97,33 @@ def test_a_database_of_schema_0001_upgrades_with_its_data_intact(backend, tmp_pa
     record_run(engine, RunSpec(dataset="digits", seed=77, epochs=1), [epoch_result(1)])
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_database_of_schema_0002_upgrades_with_its_data_intact(backend, tmp_path, request):
-    """tests/data/schema-0002.* were written by tecli at schema 0002 (tests/data/make_schema_fixture.py):
-    a sweep's 4 completed runs and a run interrupted after 3 epochs with its checkpoint.
-    Every run before 0003 trained in the contiguous memory format, and says so after."""
-    url = _old_database("0002", backend, tmp_path, request)
+FIXTURE_TABLES = ("runs", "attempts", "epochs", "sweeps", "claims", "checkpoints")
+
+
+def _upgrade_fixture(schema: str, backend: str, tmp_path, request):
+    """Upgrade a copy of a tests/data/make_schema_fixture.py database (a sweep's 4 completed runs and a
+    run interrupted after 3 epochs with its checkpoint) to head, checking that every old row and column
+    stays as it was; returns the engine and the rows after, by table."""
+    url = _old_database(schema, backend, tmp_path, request)
     engine = create_db_engine(url)
-    assert migrate.current(engine) == "0002"
-    tables = ("runs", "attempts", "epochs", "sweeps", "claims", "checkpoints")
+    assert migrate.current(engine) == schema
     with engine.connect() as connection:
-        before = {t: connection.execute(text(f"SELECT * FROM {t} ORDER BY 1")).mappings().all() for t in tables}
+        before = {t: connection.execute(text(f"SELECT * FROM {t} ORDER BY 1")).mappings().all() for t in FIXTURE_TABLES}
     engine = open_database(url)  # upgrades
     assert migrate.current(engine) == SCHEMA_HEAD
     with engine.connect() as connection:
-        after = {t: connection.execute(text(f"SELECT * FROM {t} ORDER BY 1")).mappings().all() for t in tables}
+        after = {t: connection.execute(text(f"SELECT * FROM {t} ORDER BY 1")).mappings().all() for t in FIXTURE_TABLES}
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
-    assert [len(before[t]) for t in tables] == [5, 5, 11, 1, 5, 1]
-    for table in tables:
+    assert [len(before[t]) for t in FIXTURE_TABLES] == [5, 5, 11, 1, 5, 1]
+    for table in FIXTURE_TABLES:
         assert len(after[table]) == len(before[table])
         for old, new in zip(before[table], after[table]):
             assert {k: new[k] for k in old.keys()} == dict(old), table  # every old column unchanged
-    assert {row["memory_format"] for t in ("runs", "attempts") for row in after[t]} == {"contiguous"}
+    return engine, after
+
+
+def _takes_new_runs_and_knows_the_old(engine) -> None:
     with Session(engine) as session:
         interrupted = session.scalars(select(Run).where(Run.status == "interrupted")).one()
         assert session.get(Checkpoint, interrupted.id).epoch == 3 and len(interrupted.epochs) == 3
@@ -125,6 +131,38 @@ def test_a_database_of_schema_0002_upgrades_with_its_data_intact(backend, tmp_pa
     with pytest.raises(ClaimRefused, match="completed as run"):
         claim_run(engine, completed, TEST_CONDITIONS)
     record_run(engine, RunSpec(dataset="digits", seed=77, epochs=1), [epoch_result(1)])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_of_schema_0002_upgrades_with_its_data_intact(backend, tmp_path, request):
+    """tests/data/schema-0002.* were written by tecli at schema 0002 (tests/data/make_schema_fixture.py).
+    Every run before 0003 trained in the contiguous memory format, and says so after."""
+    engine, after = _upgrade_fixture("0002", backend, tmp_path, request)
+    assert {row["memory_format"] for t in ("runs", "attempts") for row in after[t]} == {"contiguous"}
+    _takes_new_runs_and_knows_the_old(engine)
+
+
+EPOCH_MEASURES_0004 = (
+    "cpu_seconds", "source_fire_rate", "target_fire_rate", "te_positive_share", "factor_dev_mean", "factor_dev_max",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_of_schema_0003_upgrades_with_its_data_intact(backend, tmp_path, request):
+    """tests/data/schema-0003.* were written by tecli at schema 0003 (tests/data/make_schema_fixture.py).
+    Epochs recorded before 0004 measured neither CPU time nor the feedback's diagnostics: NULL after,
+    for baseline and TE runs alike; epochs recorded after the upgrade store them."""
+    engine, after = _upgrade_fixture("0003", backend, tmp_path, request)
+    assert {row["memory_format"] for t in ("runs", "attempts") for row in after[t]} == {"channels_last"}
+    variants = {row["id"]: row["variant"] for row in after["runs"]}
+    assert {variants[row["run_id"]] for row in after["epochs"]} == {"baseline", "te"}
+    assert {row[name] for row in after["epochs"] for name in EPOCH_MEASURES_0004} == {None}
+    _takes_new_runs_and_knows_the_old(engine)
+    measured = dict(zip(EPOCH_MEASURES_0004, (0.9, 0.4, 0.3, 0.75, 0.01, 0.05)))
+    run_id = record_run(engine, RunSpec(dataset="digits", seed=78, epochs=1, te=TEConfig()), [replace(epoch_result(1), **measured)])
+    with Session(engine) as session:
+        epoch = session.scalars(select(Epoch).where(Epoch.run_id == run_id)).one()
+        assert {name: getattr(epoch, name) for name in EPOCH_MEASURES_0004} == measured
 
 
 def test_sqlite_settings(tmp_path):

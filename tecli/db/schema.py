@@ -180,6 +180,13 @@ class Epoch(Base):
     te_seconds: Mapped[float] = mapped_column(Float)
     te_mean: Mapped[float | None] = mapped_column(Float)
     te_max: Mapped[float | None] = mapped_column(Float)
+    # NULL in epochs recorded before 0004 (and, for the diagnostics, in a baseline's epochs).
+    cpu_seconds: Mapped[float | None] = mapped_column(Float)  # process CPU time over the span of `seconds`
+    source_fire_rate: Mapped[float | None] = mapped_column(Float)  # feedback diagnostics: see tecli.epoch
+    target_fire_rate: Mapped[float | None] = mapped_column(Float)
+    te_positive_share: Mapped[float | None] = mapped_column(Float)
+    factor_dev_mean: Mapped[float | None] = mapped_column(Float)
+    factor_dev_max: Mapped[float | None] = mapped_column(Float)  # 0: the feedback changed nothing that epoch
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="epochs")

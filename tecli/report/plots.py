@@ -1,9 +1,15 @@
-"""Learning curves per data set: test accuracy against epoch and against wall-clock seconds.
+"""Plots: learning curves per data set, and speedup against λ for the grid view's data sets.
 
+Learning curves: test accuracy against epoch and against seconds on the report's clock.
 One figure per data set, two panels; per variant the mean over seeds with a
 +-1 std band, and the target as a dashed line. Runs record accuracy at epoch
 ends, at different times; for the seconds panel each run's curve is linearly
-interpolated onto a common time grid that ends where the shortest run ends.
+interpolated onto a common time grid that ends where the shortest run ends (runs
+without the clock are left out of that panel).
+
+Speedup against λ: per data set of the grid view, the median speedup over the baseline
+(in epochs, and in seconds where those are compared) of each TE variant against its λ,
+with the bootstrap interval as error bars, one series per mode and reach.
 """
 
 from __future__ import annotations
@@ -13,8 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from tecli.report.build import Report
+from tecli.report.grid import grid_rows
 
 GRID_POINTS = 200
+CLOCK_LABELS = {"wall": "wall-clock seconds (cumulative epoch time)", "cpu": "CPU seconds (cumulative epoch CPU time)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _band(ax, x, values, label):
@@ -26,11 +43,7 @@ def _band(ax, x, values, label):
 
 def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
     """Write `<prefix>-<dataset>.png` files into folder; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset in sorted({c.dataset for c in report.curves}):
@@ -39,13 +52,16 @@ def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
             runs = [c for c in report.curves if c.dataset == dataset and c.variant == variant]
             epochs = min(len(r.test_acc) for r in runs)
             _band(by_epoch, np.arange(1, epochs + 1), np.array([r.test_acc[:epochs] for r in runs]), variant)
+            runs = [r for r in runs if r.seconds is not None]
+            if not runs:
+                continue
             end = min(r.cum_seconds[-1] for r in runs)
             grid = np.linspace(0, end, GRID_POINTS)
             values = np.array([np.interp(grid, [0.0, *r.cum_seconds], [np.nan, *r.test_acc], left=np.nan) for r in runs])
             keep = ~np.isnan(values).any(axis=0)
             _band(by_time, grid[keep], values[:, keep], variant)
         target = report.targets.get(dataset)
-        for ax, xlabel in ((by_epoch, "epoch"), (by_time, "wall-clock seconds (cumulative epoch time)")):
+        for ax, xlabel in ((by_epoch, "epoch"), (by_time, CLOCK_LABELS[report.clock])):
             if target and target[1] == "test_acc":
                 ax.axhline(target[0], color="black", linestyle="--", linewidth=1, label=f"target {target[0]:g}")
             ax.set_xlabel(xlabel)
@@ -53,9 +69,55 @@ def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
         by_epoch.set_ylabel("test accuracy")
         by_epoch.legend(loc="lower right")
         fig.suptitle(f"{dataset}: test accuracy, mean +- std over seeds")
-        fig.tight_layout()
-        path = folder / f"{prefix}-{dataset}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, folder / f"{prefix}-{dataset}.png"))
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lambda(report: Report, folder: Path, prefix: str) -> list[Path]:
+    """Write `<prefix>-<dataset>-lambda.png` for each grid data set with TE variants; returns their paths."""
+    written = []
+    for dataset in report.grid:
+        rows = [row for row in grid_rows(report.groups, dataset, report.baseline) if row["lam"] is not None]
+        if not rows:
+            continue
+        plt = _pyplot()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for ax, measure in zip(axes, ("epochs", "seconds")):
+            for (mode, reach), series in _series(rows).items():
+                points = sorted((row["lam"], *(row[f"median_speedup_{measure}{end}"] for end in ("", "_low", "_high")))
+                                for row in series if not np.isnan(row[f"median_speedup_{measure}_low"]))  # fmt: skip
+                if not points:
+                    continue
+                lam, middle, low, high = np.array(points).T
+                one_per_lam = len(set(lam)) == len(lam)  # a line only where it joins one variant per λ
+                ax.errorbar(lam, middle, yerr=[middle - low, high - middle], fmt="o-" if one_per_lam else "o",
+                            capsize=3, label=f"{mode}, {reach}")  # fmt: skip
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+            lams = [row["lam"] for row in rows]
+            if min(lams) > 0 and max(lams) >= 10 * min(lams):
+                ax.set_xscale("log")
+            ax.set_xlabel("λ (TE feedback strength)")
+            ax.set_title(f"in {measure}" if measure == "epochs" else f"in {report.clock} seconds")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(f"median speedup over {report.baseline} (95 % interval)")
+        axes[0].legend(title="mode, reach")
+        fig.suptitle(f"{dataset}: speedup against λ")
+        written.append(_save(fig, folder / f"{prefix}-{dataset}-lambda.png"))
+    return written
+
+
+def _series(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """TE variants by (mode, reach), in order."""
+    series: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        series.setdefault((row["mode"], row["reach"]), []).append(row)
+    return dict(sorted(series.items()))
