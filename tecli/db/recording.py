@@ -439,20 +439,30 @@ def _mark_interrupted(session: Session, run_id: int, heartbeat_at) -> bool:
     return bool(changed)
 
 
+def _dead_running(session: Session) -> list:
+    """The `running` runs whose owner is dead (tecli.db.liveness), as rows with their heartbeat."""
+    me, now = current_owner(), _now(session)
+    running = session.execute(
+        select(
+            Run.id, Run.host, Run.boot_id, Run.pid_namespace, Run.pid, Run.pid_started,
+            Run.heartbeat_at, Run.lease_seconds,
+        ).where(Run.status == RunStatus.RUNNING)
+    ).all()  # fmt: skip
+    return [run for run in running if is_dead(run, me, now)]
+
+
+def dead_runs(engine: Engine) -> frozenset[int]:
+    """The ids of `running` runs whose owner is dead, found without marking them (a read-only look)."""
+    with Session(engine) as session:
+        return frozenset(run.id for run in _dead_running(session))
+
+
 def mark_dead_runs(engine: Engine) -> list[int]:
     """Mark `running` runs whose owner is dead (tecli.db.liveness) as interrupted; returns their ids.
 
     A run that beat between the look and the write keeps running (compare-and-set on its heartbeat)."""
-    me = current_owner()
     with Session(engine) as session, session.begin():
-        now = _now(session)
-        running = session.execute(
-            select(
-                Run.id, Run.host, Run.boot_id, Run.pid_namespace, Run.pid, Run.pid_started,
-                Run.heartbeat_at, Run.lease_seconds,
-            ).where(Run.status == RunStatus.RUNNING)
-        ).all()  # fmt: skip
-        return [run.id for run in running if is_dead(run, me, now) and _mark_interrupted(session, run.id, run.heartbeat_at)]
+        return [run.id for run in _dead_running(session) if _mark_interrupted(session, run.id, run.heartbeat_at)]
 
 
 def key_taken(engine: Engine, key: str) -> bool:

@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tecli.db.liveness import current_owner, is_dead
-from tecli.db.schema import Epoch, Run, RunStatus, utcnow
+from tecli.db.recording import dead_runs
+from tecli.db.schema import Epoch, Run
 from tecli.db.store import database_url, describe
 from tecli.errors import UserError, first_line
 from tecli.sweep.file import SweepSpec, load_sweep
@@ -135,7 +135,7 @@ def _recorded(url: URL, spec: SweepSpec) -> tuple[dict[str, list[PastRun]], dict
         if not tables.has_table("runs"):
             return {}, {}
         owners = "boot_id" in {column["name"] for column in tables.get_columns("runs")}  # schema 0002 on
-        dead = _dead(engine) if owners else frozenset()
+        dead = dead_runs(engine) if owners else frozenset()
         past = history(engine, [s.run_key() for s in spec.runs], tables.has_table("checkpoints"), dead)
         return past, _epoch_seconds(engine, {s.dataset for s in spec.runs})
     except DBAPIError as error:
@@ -154,23 +154,6 @@ def _read_only(url: URL) -> Engine | None:
         read_only = URL.create("sqlite", database=path.as_uri(), query={"mode": "ro", "uri": "true"})
         return create_engine(read_only, connect_args={"timeout": 30})
     return create_engine(url).execution_options(postgresql_readonly=True)
-
-
-def _dead(engine: Engine) -> frozenset[int]:
-    """Running runs whose owner is gone (tecli.db.liveness), found without marking them."""
-    me = current_owner()
-    with Session(engine) as session:
-        if engine.dialect.name == "postgresql":  # heartbeats are judged on the server's clock there
-            now = session.scalar(select(func.timezone("UTC", func.now())))
-        else:
-            now = utcnow()
-        running = session.execute(
-            select(
-                Run.id, Run.host, Run.boot_id, Run.pid_namespace, Run.pid, Run.pid_started,
-                Run.heartbeat_at, Run.lease_seconds,
-            ).where(Run.status == RunStatus.RUNNING)
-        ).all()  # fmt: skip
-    return frozenset(run.id for run in running if is_dead(run, me, now))
 
 
 def _epoch_seconds(engine: Engine, datasets: set[str]) -> dict[tuple[str, str | None], float]:
