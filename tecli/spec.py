@@ -1,6 +1,6 @@
 """Run specifications: every parameter that defines a run, validated, with a canonical key.
 
-A RunSpec fully names a run (data set, variant name, seed, optimisation
+A RunSpec fully names a run (data set, variant name, seed, model, optimisation
 hyper-parameters and, for a TE run, every TE parameter). Execution settings that
 do not change what is measured (device, CPU threads, data folder) are not part
 of it. One table of rules per parameter serves both the command line and sweep
@@ -23,6 +23,8 @@ TE_MODES = ("amplify", "dampen")
 # Every tecli model has two hidden Linear layers and the class layer (models.HIDDEN).
 LINEAR_LAYERS = 3
 TE_REACHES = ("weights", "backprop")
+# tecli.models.MODELS (which needs torch, not imported here); the first is the default.
+MODEL_NAMES = ("cnn", "cnn-wide", "resnet18")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "momentum": _float("in [0, 1)", lambda v: 0 <= v < 1),
     "batch_size": _int(">= 2", lambda v: v >= 2),
     "weight_decay": _float(">= 0", lambda v: v >= 0),
+    "model": _choice(MODEL_NAMES),
 }
 SEED_RULE = _int(">= 0", lambda v: v >= 0)
 TE_RULES: dict[str, Rule] = {
@@ -156,6 +159,7 @@ class RunSpec:
     momentum: float = 0.9
     batch_size: int = 64
     weight_decay: float = 0.0
+    model: str = MODEL_NAMES[0]
     te: TEConfig | None = None
     variant: str = field(default="")
 
@@ -171,7 +175,12 @@ class RunSpec:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, but `model` only when it is not the default: runs recorded before
+        models could be chosen keep their configuration and their run key."""
+        config = asdict(self)
+        if config["model"] == MODEL_NAMES[0]:
+            del config["model"]
+        return config
 
     @classmethod
     def from_dict(cls, config: dict) -> "RunSpec":
@@ -185,6 +194,11 @@ class RunSpec:
             raise UserError(
                 f"batch size {self.batch_size} is larger than {self.dataset}'s training set ({n_train} samples); "
                 "use a smaller --batch-size (batch_size in sweep files)"
+            )
+        if self.model == "resnet18" and n_train % self.batch_size == 1:
+            raise UserError(
+                f"batch size {self.batch_size} leaves a last batch of one sample ({self.dataset} has {n_train} training "
+                "samples), on which resnet18's batch norm cannot train; use another --batch-size (batch_size in sweep files)"
             )
         if self.te is not None and self.te.window > n_train:
             raise UserError(

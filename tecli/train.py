@@ -69,11 +69,11 @@ class Training:
         self.on_batch = on_batch  # on_batch(done, total) after every training batch (progress display)
         layout = MEMORY_FORMATS[memory_format]
         torch.manual_seed(spec.seed)
-        self.model = build_model(data.input_shape, data.n_classes).to(device, memory_format=layout)
+        self.model_args = {"input_shape": list(data.input_shape), "n_classes": data.n_classes, "model": spec.model}
+        self.model = build_model(**self.model_args).to(device, memory_format=layout)
         self.order = torch.Generator().manual_seed(spec.seed)
         self.optimizer = SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
         self.feedback = TEFeedback(self.model, spec.te, spec.batch_size, spec.te_seed) if spec.te else None
-        self.model_args = {"input_shape": list(data.input_shape), "n_classes": data.n_classes}  # build_model(**args)
         self.x_train, self.y_train = data.x_train.to(device, memory_format=layout), data.y_train.to(device)
         self.x_test, self.y_test = data.x_test.to(device, memory_format=layout), data.y_test.to(device)
         self.epoch = 0  # epochs finished
