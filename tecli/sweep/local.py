@@ -94,8 +94,10 @@ class _Run:
         self.report = report
         self.context = multiprocessing.get_context(pool.start_method or _start_method(tasks))
         self.datasets = {task.spec.dataset for task in tasks}
-        if self.context.get_start_method() == "fork":
-            _preload(self.datasets)  # the workers inherit it
+        self.forked = self.context.get_start_method() == "fork"
+        if self.forked:  # the workers inherit the imports and the loaded kernels
+            _preload(self.datasets)
+            _warm_up()
         self.events = self.context.Queue()
         # A random order: sweeps sharing a grid then rarely start the same run at once.
         self.waiting = random.Random().sample(list(tasks), len(tasks))
@@ -144,7 +146,8 @@ class _Run:
     def start_worker(self) -> _Worker:
         ours, theirs = self.context.Pipe(duplex=False)
         ping = min(2.0, self.pool.stall_timeout / 4)
-        process = self.context.Process(target=_serve, args=(ours, self.events, os.getpid(), ping, self.datasets), daemon=False)
+        datasets = None if self.forked else self.datasets  # what a spawned worker must import itself
+        process = self.context.Process(target=_serve, args=(ours, self.events, os.getpid(), ping, datasets), daemon=False)
         # A worker still starting never sees Ctrl-C, and takes a SIGTERM only once it has
         # set its own handler (a forked one inherits this process's handlers).
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -285,8 +288,9 @@ def _preload(datasets: set[str]) -> None:
 
 
 def _warm_up() -> None:
-    """Load the TE engine's compiled kernels once per worker rather than inside its first
-    run (numba's on-disk cache: a fraction of a second)."""
+    """Load the TE engine's compiled kernels (numba's on-disk cache: a fraction of a
+    second) once per worker rather than inside its first run, or once in the sweep
+    process before it forks: they are serial kernels, which start no thread."""
     import numpy as np
 
     from tecli.te.window import SlidingPairTE
@@ -296,9 +300,10 @@ def _warm_up() -> None:
     window.te()
 
 
-def _serve(tasks, events, parent_pid: int, ping: float, datasets: set[str]) -> None:
+def _serve(tasks, events, parent_pid: int, ping: float, datasets: set[str] | None) -> None:
     """A worker: train the tasks the parent sends, until it sends None or goes away. It
-    says it took a task, then gives a sign of life at most every `ping` seconds."""
+    says it took a task, then gives a sign of life at most every `ping` seconds.
+    `datasets`: those it must import the readers of (spawned); None if forked warm."""
     import gc
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent coordinates Ctrl-C
@@ -306,8 +311,9 @@ def _serve(tasks, events, parent_pid: int, ping: float, datasets: set[str]) -> N
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     _die_with_parent(parent_pid)
     pid = os.getpid()
-    _preload(datasets)
-    _warm_up()
+    if datasets is not None:  # spawned: nothing inherited
+        _preload(datasets)
+        _warm_up()
     while True:
         try:
             task = tasks.recv()
