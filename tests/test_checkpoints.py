@@ -25,8 +25,11 @@ from tecli.models import build_model
 from tecli.spec import RunSpec, TEConfig
 from tecli.train import evaluate, train
 
-# Every column an epoch records except its clocks (wall seconds and TE seconds are measurements).
-SAME = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "te_mean", "te_max")
+# Every column an epoch records except its clocks (wall, CPU and TE seconds are measurements).
+SAME = (
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "te_mean", "te_max",
+    "source_fire_rate", "target_fire_rate", "te_positive_share", "factor_dev_mean", "factor_dev_max",
+)  # fmt: skip
 VARIANTS = {
     "baseline": [],
     "baseline-contiguous": ["--memory-format", "contiguous"],  # a resume keeps the run's format

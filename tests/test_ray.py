@@ -19,7 +19,7 @@ from tecli.db.store import create_db_engine, open_database
 from tecli.sweep.file import load_sweep
 
 # Every column of an epoch but its ids and its timings: what training computed.
-TIMING = {"id", "run_id", "seconds", "te_seconds", "recorded_at"}
+TIMING = {"id", "run_id", "seconds", "cpu_seconds", "te_seconds", "recorded_at"}
 METRICS = [column.name for column in Epoch.__table__.columns if column.name not in TIMING]
 
 # Two variants that differ in their names only: one training, bit for bit, under two run keys.
