@@ -90,11 +90,19 @@ def _parse_layers(text: str) -> tuple[int, ...]:
         raise UserError(f"--te-layers must be comma-separated integers such as -1 or -2,-1, got {text!r}") from None
 
 
+def _parse_threshold(text: str | None) -> float | str | None:
+    """--te-threshold(-out): a number, else the name as given (TEConfig's rules judge it)."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return text
+
+
 # What --resume keeps from the run's recorded configuration: these may not be given with it.
 _SPEC_OPTIONS = (
     "dataset", "te", "seed", "epochs", "lr", "momentum", "batch_size", "weight_decay", "model", "te_threshold",
     "te_threshold_out", "te_window", "te_refresh", "te_fraction", "te_delay", "te_lambda", "te_mode",
-    "te_layers", "te_reach", "te_subset_seed",
+    "te_layers", "te_reach", "te_subset_seed", "te_permute",
 )  # fmt: skip
 
 
@@ -110,8 +118,12 @@ def run(
     batch_size: int = typer.Option(64, help="Mini-batch size."),
     weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
     model: str = typer.Option(MODEL_NAMES[0], help=f"Model: {', '.join(MODEL_NAMES)} (README, Models)."),
-    te_threshold: Optional[float] = _te_option("threshold", "Binarization threshold g of hidden (ReLU) outputs."),
-    te_threshold_out: Optional[float] = _te_option("threshold_out", "Threshold of the class layer's softmax outputs."),
+    te_threshold: Optional[str] = _te_option(
+        "threshold", "Binarization threshold g of hidden (ReLU) outputs, or median (each neuron's batch median)."
+    ),
+    te_threshold_out: Optional[str] = _te_option(
+        "threshold_out", "Threshold of the class layer's softmax outputs, or argmax (the predicted class) or uniform (1/classes)."
+    ),
     te_window: Optional[int] = _te_option("window", "TE window in samples (rounded up to whole batches)."),
     te_refresh: Optional[int] = _te_option("refresh", "Recompute TE every N batches."),
     te_fraction: Optional[float] = _te_option("fraction", "Fraction of neuron pairs that get feedback."),
@@ -121,6 +133,9 @@ def run(
     te_layers: Optional[str] = _te_option("layers", "Linear layers with feedback, comma-separated (-1: class layer)."),
     te_reach: Optional[str] = _te_option("reach", "weights: scale weight gradients; backprop: also the error sent back."),
     te_subset_seed: Optional[int] = typer.Option(None, help="Seed of the pair subset (default: --seed)."),
+    te_permute: bool = typer.Option(
+        False, "--te-permute", help="Control: each refresh applies the TE values to a random permutation of the chosen pairs."
+    ),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder (default: $TECLI_DATA_DIR, else the user cache)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and numba (default: their own)."),
@@ -145,10 +160,10 @@ def run(
         if dataset is None:
             raise UserError("--dataset is required (or --resume RUN_ID to continue a run)")
         given = {
-            "threshold": te_threshold, "threshold_out": te_threshold_out, "window": te_window,
-            "refresh": te_refresh, "fraction": te_fraction, "delay": te_delay, "lam": te_lambda,
+            "threshold": _parse_threshold(te_threshold), "threshold_out": _parse_threshold(te_threshold_out),
+            "window": te_window, "refresh": te_refresh, "fraction": te_fraction, "delay": te_delay, "lam": te_lambda,
             "mode": te_mode, "layers": _parse_layers(te_layers) if te_layers is not None else None,
-            "reach": te_reach, "subset_seed": te_subset_seed,
+            "reach": te_reach, "subset_seed": te_subset_seed, "permute": te_permute or None,
         }  # fmt: skip
         given = {name: value for name, value in given.items() if value is not None}
         if given and not te:

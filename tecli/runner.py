@@ -351,14 +351,20 @@ def _epoch_line(r: EpochResult, epochs: int, is_te: bool) -> str:
     )
 
 
+def _threshold_text(g: float | str) -> str:
+    """A threshold as the warning shows it: a number (0.5) or its name (median)."""
+    return g if isinstance(g, str) else f"{g:g}"
+
+
 def _inert_line(r: EpochResult, spec: RunSpec) -> str:
     """The warning for an epoch in which the feedback changed no gradient: the run is its baseline there."""
+    g, g_out = _threshold_text(spec.te.threshold), _threshold_text(spec.te.threshold_out)
     if r.te_positive_share is None:
         why = "no TE refresh has happened yet"
     elif r.target_fire_rate == 0:
-        why = f"no target neuron fired (threshold_out {spec.te.threshold_out:g}, threshold {spec.te.threshold:g})"
+        why = f"no target neuron fired (threshold_out {g_out}, threshold {g})"
     elif r.source_fire_rate == 0:
-        why = f"no source neuron fired (threshold {spec.te.threshold:g})"
+        why = f"no source neuron fired (threshold {g})"
     else:
         why = "every TE was 0" if r.te_positive_share == 0 else f"lam is {spec.te.lam:g}"
     return f"warning: epoch {r.epoch}: the TE feedback changed nothing (all factors 1): {why}; this epoch trained as the baseline"

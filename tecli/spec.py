@@ -29,9 +29,10 @@ MODEL_NAMES = ("cnn", "cnn-wide", "resnet18")
 
 @dataclass(frozen=True)
 class Rule:
-    """What a parameter accepts: a type (int, float, str or a list of int) and a condition."""
+    """What a parameter accepts: a type (int, float, str, bool or a list of int), or a tuple of
+    types (a number or a name), and a condition."""
 
-    kind: type
+    kind: type | tuple[type, ...]
     expect: str  # read as "expected <expect>"
     ok: Callable[[Any], bool] = lambda value: True
 
@@ -46,6 +47,12 @@ def _int(expect: str, ok=lambda v: True) -> Rule:
 
 def _float(expect: str, ok=lambda v: True) -> Rule:
     return Rule(float, f"a finite number {expect}".strip(), lambda v: math.isfinite(v) and ok(v))
+
+
+def _number_or(*names: str) -> Rule:
+    """A finite number, or one of `names` (a threshold that is set from the data)."""
+    expect = ", ".join(["a number", *names[:-1]]) + f" or {names[-1]}"
+    return Rule((float, str), expect, lambda v: v in names if isinstance(v, str) else math.isfinite(v))
 
 
 def _layer_indices(values: tuple[int, ...]) -> bool:
@@ -67,8 +74,8 @@ TRAIN_RULES: dict[str, Rule] = {
 }
 SEED_RULE = _int(">= 0", lambda v: v >= 0)
 TE_RULES: dict[str, Rule] = {
-    "threshold": _float(""),
-    "threshold_out": _float(""),
+    "threshold": _number_or("median"),
+    "threshold_out": _number_or("argmax", "uniform"),
     "window": _int(">= 2 (samples)", lambda v: v >= 2),
     "refresh": _int(">= 1 (batches)", lambda v: v >= 1),
     "fraction": _float("in (0, 1]", lambda v: 0 < v <= 1),
@@ -82,12 +89,14 @@ TE_RULES: dict[str, Rule] = {
     ),
     "reach": _choice(TE_REACHES),
     "subset_seed": _int(">= 0", lambda v: v >= 0),
+    "permute": Rule(bool, "true or false"),
 }
 
 
 def check_value(where: str, rule: Rule, value: Any) -> Any:
     """The value in canonical form (int -> float for numbers, list -> tuple), or UserError."""
-    if rule.kind is float and isinstance(value, int) and not isinstance(value, bool):
+    kinds = rule.kind if isinstance(rule.kind, tuple) else (rule.kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if rule.kind is list:
         good_type = isinstance(value, (list, tuple)) and all(
@@ -95,7 +104,7 @@ def check_value(where: str, rule: Rule, value: Any) -> Any:
         )
         value = tuple(value) if good_type else value
     else:
-        good_type = isinstance(value, rule.kind) and not isinstance(value, bool)
+        good_type = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
     if good_type and rule.kind is int and value > INT_MAX:
         raise UserError(f"{where}: expected an integer <= {INT_MAX}, got {shown(repr(value))}")
     if not (good_type and rule.ok(value)):
@@ -116,8 +125,15 @@ def _check_fields(obj, rules: dict[str, Rule], where: Callable[[str], str]) -> N
 class TEConfig:
     """The TE feedback's parameters; the papers leave each of them open (method.md).
 
-    threshold      g for hidden (ReLU) outputs: a neuron fires when its output > g.
-    threshold_out  g for the class layer, whose output is its softmax probability.
+    threshold      g for hidden (ReLU) outputs, the feedback's source neurons and hidden
+                   targets: a neuron fires when its output > g. "median": a neuron fires
+                   when its output exceeds its own median over the mini-batch (torch.median
+                   along the batch, the lower median for an even batch size): about half
+                   fire, whatever the scale of each neuron's activations.
+    threshold_out  g for the class layer, whose output is its softmax probability: a class
+                   fires when its probability > g. "argmax": the predicted class fires (one
+                   target per sample; torch.argmax of the logits, the first on ties).
+                   "uniform": a class fires when its probability > 1 / number of classes.
     window         TE window length in training samples (rounded up to whole batches).
     refresh        TE is recomputed every `refresh` batches; factors stay fixed in between.
     fraction       share of the layer's (source, target) pairs that get feedback.
@@ -131,10 +147,14 @@ class TEConfig:
     reach          "weights": only weight gradients are scaled; "backprop": the error sent
                    back through each scaled connection is scaled too.
     subset_seed    seed of the pair subset; None uses the run's seed.
+    permute        a control: at each refresh the TE values of the chosen pairs are applied
+                   to a random permutation of those pairs (drawn from the TE side's own
+                   generator), so the feedback keeps its strength (the same factors) but
+                   loses which connection carries information.
     """
 
-    threshold: float = 0.0
-    threshold_out: float = 0.5
+    threshold: float | str = 0.0
+    threshold_out: float | str = 0.5
     window: int = 1024
     refresh: int = 32
     fraction: float = 0.5
@@ -144,6 +164,7 @@ class TEConfig:
     layers: tuple[int, ...] = (-1,)
     reach: str = "weights"
     subset_seed: int | None = None
+    permute: bool = False
 
     def validate(self, where: Callable[[str], str] = lambda name: f"te.{name}") -> "TEConfig":
         _check_fields(self, TE_RULES, where)
@@ -175,11 +196,13 @@ class RunSpec:
         return self
 
     def to_dict(self) -> dict:
-        """Every field, but `model` only when it is not the default: runs recorded before
-        models could be chosen keep their configuration and their run key."""
+        """Every field, but `model` and te's `permute` only when not the default: runs recorded
+        before they could be chosen keep their configuration and their run key."""
         config = asdict(self)
         if config["model"] == MODEL_NAMES[0]:
             del config["model"]
+        if config["te"] is not None and not config["te"]["permute"]:
+            del config["te"]["permute"]
         return config
 
     @classmethod

@@ -35,6 +35,9 @@ VARIANTS = {
     "baseline-contiguous": ["--memory-format", "contiguous"],  # a resume keeps the run's format
     "te-weights": ["--te", "--te-window", "128", "--te-refresh", "4", "--te-layers", "-2,-1"],
     "te-backprop": ["--te", "--te-window", "128", "--te-refresh", "4", "--te-layers", "-2,-1", "--te-reach", "backprop"],
+    "te-permute": [
+        "--te", "--te-window", "128", "--te-refresh", "4", "--te-threshold", "median", "--te-threshold-out", "argmax", "--te-permute"
+    ],
 }
 
 
@@ -58,7 +61,12 @@ def recorded_epochs(db) -> int:
 
 def test_training_state_round_trips_bit_for_bit_in_process():
     data = load_dataset("digits")
-    for te in (None, TEConfig(window=128, refresh=4, layers=(-2, -1)), TEConfig(window=100, refresh=3, reach="backprop")):
+    for te in (
+        None,
+        TEConfig(window=128, refresh=4, layers=(-2, -1)),
+        TEConfig(window=100, refresh=3, reach="backprop"),
+        TEConfig(window=128, refresh=4, threshold="median", threshold_out="argmax", permute=True),  # draws at each refresh
+    ):
         spec = RunSpec(dataset="digits", seed=3, epochs=4, lr=0.05, te=te)
         straight = [tuple(getattr(r, f) for f in SAME) for r in train(spec, data)]
         first = train(spec, data)
@@ -87,6 +95,7 @@ def test_loading_a_checkpoint_runs_no_code(tmp_path):
         ("digits", 40, 3, "baseline-contiguous", "sqlite"),
         ("digits", 40, 3, "te-weights", "sqlite"),
         ("digits", 40, 3, "te-backprop", "sqlite"),
+        ("digits", 40, 3, "te-permute", "sqlite"),
         ("usps", 5, 2, "baseline", "sqlite"),
         ("usps", 5, 2, "te-weights", "sqlite"),
         ("usps", 5, 2, "te-backprop", "sqlite"),

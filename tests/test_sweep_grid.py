@@ -63,6 +63,26 @@ def test_names_are_stable_and_name_the_canonical_values():
     assert {s.run_key() for s in one.runs} <= {s.run_key() for s in first.runs}
 
 
+def test_threshold_names_numbers_and_permute_mix_in_one_grid():
+    text = TINY.format(epochs=1, extra="").replace(
+        "lam = 2.0", 'threshold = "median"\nthreshold_out = ["argmax", "uniform", 0.5]\npermute = [false, true]'
+    )
+    sweep = sweep_of(text)
+    names = [f"te(permute={p},threshold_out={t})" for p in ("false", "true") for t in ("argmax", "uniform", "0.5")]
+    assert variants(sweep) == ["baseline", *names]
+    te = {spec.variant: spec.te for spec in sweep.runs if spec.seed == 0}
+    assert te["te(permute=true,threshold_out=argmax)"] == TEConfig(window=128, threshold="median", threshold_out="argmax", permute=True)
+    assert te["te(permute=false,threshold_out=0.5)"] == TEConfig(window=128, threshold="median")
+    assert len({spec.run_key() for spec in sweep.runs}) == len(sweep.runs)
+    bad = text.replace('threshold = "median"', 'threshold = ["median", "argmax"]').replace("[false, true]", '"yes"')
+    with pytest.raises(SweepFileError) as raised:
+        sweep_of(bad)
+    assert raised.value.problems == [
+        "grid.toml: variants.te.threshold[1] (line 20): expected a number or median, got 'argmax'",
+        "grid.toml: variants.te.permute (line 22): expected true or false, got 'yes'",
+    ]
+
+
 def test_lists_in_defaults_and_datasets_name_the_runs_they_apply_to():
     text = (
         TINY.format(epochs=1, extra="[datasets.usps]\nepochs = 3\n")

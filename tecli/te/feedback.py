@@ -4,11 +4,13 @@ For each chosen Linear layer (weights W: n_out x n_in) a forward hook sees the
 layer's input (the previous layer's output after its ReLU: the source neurons)
 and its output, taken after its nonlinearity (ReLU for a hidden layer, softmax
 for the class layer: the target neurons).  Both are binarized with their
-threshold and pushed, one mini-batch per block, into a SlidingPairTE over a
-fixed random subset of (source, target) pairs.
+threshold (a number, or one set from the batch: see TEConfig) and pushed, one
+mini-batch per block, into a SlidingPairTE over a fixed random subset of
+(source, target) pairs.
 
 Every `refresh` batches the window's TE gives each chosen pair a factor
-1 + lam*TE (amplify) or 1 - lam*TE (dampen); all other weights keep 1.  The
+1 + lam*TE (amplify) or 1 - lam*TE (dampen); all other weights keep 1 (with
+`permute`, the chosen pairs get the same factors in a random order).  The
 train loop calls `after_backward()` between backward and the optimizer step:
 with reach "weights" it multiplies W.grad by the factors; with reach "backprop"
 the layer's forward is a custom autograd function that also scales the error
@@ -18,8 +20,8 @@ Only the `ceil(window / batch)` batches before each refresh are captured when
 the window is shorter than the refresh period; the others cost nothing. On a GPU
 the activations are binarized and bit-packed there, and only the packed words
 cross to the host (1/32 of the float activations' bytes).
-The pair subset comes from the TE side's own numpy generator, so a TE run and
-its baseline draw the same torch random numbers.
+The pair subset (and permute's permutations) comes from the TE side's own numpy
+generator, so a TE run and its baseline draw the same torch random numbers.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def fill_block(block: np.ndarray, active: torch.Tensor, packed: bool) -> None:
         block[...] = unpack_bits(pack_bits_torch(active.t()).cpu().numpy(), active.shape[0])
     else:
         torch.from_numpy(block).copy_(active.t())
+
+
+def _fired(values: torch.Tensor, threshold: float | str) -> torch.Tensor:
+    """(batch, n) ReLU outputs -> fired: > g, or for "median" > the neuron's median over the
+    batch (torch.median: the lower median for an even batch)."""
+    if threshold == "median":
+        return values > values.median(dim=0).values
+    return values > threshold
+
+
+def _class_fired(logits: torch.Tensor, threshold: float | str) -> torch.Tensor:
+    """(batch, classes) logits -> fired: the predicted class ("argmax"), or a softmax
+    probability > g ("uniform": g = 1 / classes)."""
+    if threshold == "argmax":
+        return nn.functional.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()
+    g = 1 / logits.shape[1] if threshold == "uniform" else threshold
+    return torch.softmax(logits, dim=1) > g
 
 
 @nb.njit(cache=True)
@@ -139,7 +158,7 @@ class TEFeedback:
         self._capturing = False
         self._refreshed = False
         self._diagnostics = _Diagnostics()
-        self.rng = np.random.default_rng(seed)  # the TE side's own generator: draws the pair subset
+        self.rng = np.random.default_rng(seed)  # the TE side's own generator: the pair subset, permute's permutations
         rng = self.rng
         linears = linear_layers(model)
         self._slots: list[_Slot] = []
@@ -195,13 +214,14 @@ class TEFeedback:
                 return
             start = time.perf_counter()
             out = output.detach()
+            g = self.config.threshold
             if slot.is_class_layer:
-                fired = torch.softmax(out, dim=1) > self.config.threshold_out
-            else:  # relu(out) > g is out > g for g >= 0, without computing the ReLU again
-                fired = (out if self.config.threshold >= 0 else torch.relu(out)) > self.config.threshold
+                fired = _class_fired(out, self.config.threshold_out)
+            else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
+                fired = _fired(out if g != "median" and g >= 0 else torch.relu(out), g)
             packed = out.is_cuda
             sources, targets = slot.window.block(out.shape[0])
-            fill_block(sources, inputs[0].detach() > self.config.threshold, packed)
+            fill_block(sources, _fired(inputs[0].detach(), g), packed)
             fill_block(targets, fired, packed)
             slot.window.push_block()
             self.seconds += time.perf_counter() - start
@@ -229,10 +249,14 @@ class TEFeedback:
         self.seconds += time.perf_counter() - start
 
     def _refresh(self) -> None:
+        """New factors from the window's TE. With `permute`, pair p's TE goes to the pair at a
+        random position (drawn from self.rng, which checkpoints keep): the same factors, in
+        the same order for the diagnostics, on shuffled connections."""
         scale = self.config.lam if self.config.mode == "amplify" else -self.config.lam
         for slot in self._slots:
             slot.window.te(out=slot.te)
-            positive, dev_sum, dev_max = _set_factors(slot.te, slot.flat_index, scale, slot.factor_host)
+            index = slot.flat_index[self.rng.permutation(len(slot.te))] if self.config.permute else slot.flat_index
+            positive, dev_sum, dev_max = _set_factors(slot.te, index, scale, slot.factor_host)
             if slot.factor.device.type != "cpu":
                 slot.factor.view(-1).copy_(torch.from_numpy(slot.factor_host))
             self._diagnostics.refreshed(len(slot.te), positive, dev_sum, dev_max)
