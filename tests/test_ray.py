@@ -181,11 +181,6 @@ def test_a_killed_ray_worker_s_run_resumes_from_its_checkpoint_bit_identically(t
     assert len(resumed) == epochs and resumed == uninterrupted
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (stop 19): in three clean-clone CI runs the Ray tasks were not interrupted by the driver's "
-    "stop and trained to completion before the driver exited 130; it passes when run alone",
-)
 def test_sigterm_to_the_ray_driver_exits_130_and_a_rerun_completes(tmp_path, ray_cluster):
     db = tmp_path / "t.db"
     # A run's set-up on a fresh Ray worker takes seconds, and the stop must land before its
@@ -197,7 +192,7 @@ def test_sigterm_to_the_ray_driver_exits_130_and_a_rerun_completes(tmp_path, ray
     assert "sweep interrupted; run the same command again to resume" in stderr
     assert "Traceback" not in stdout + stderr
     # the two runs training stopped: interrupted, unless one had just finished its last epoch
-    assert count(db, "running") == 0 and count(db, "interrupted") >= 1, statuses(db)
+    assert count(db, "running") == 0 and count(db, "interrupted") >= 1, (statuses(db), stderr)
     assert count(db, "interrupted") + count(db, "completed") == len(statuses(db)) >= 2
 
     rerun = invoke(*command[3:])  # the same command, in this process (whose Ray workers are warm)

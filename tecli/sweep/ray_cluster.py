@@ -6,8 +6,11 @@ The database stays the single source of truth: a task claims its run key there
 as a local run does. Ray reuses its worker processes from task to task, so imports
 and kernels load once per worker. A worker that dies is replaced by Ray and the task
 retried; the retry finds the run's process gone, and resumes the run from its
-checkpoint. Stopping the driver (Ctrl-C, SIGTERM) cancels the tasks: Ray raises
-KeyboardInterrupt in each running one, which records its run interrupted.
+checkpoint. Stopping the driver (Ctrl-C, SIGTERM) stops the tasks: it raises a stop
+flag that each task watches from a thread, and cancels them through Ray; either way
+the task's main thread gets KeyboardInterrupt (as SIGINT, held by tecli.stopping
+until a database write is done), and its run records itself interrupted. Ray's cancel
+alone proved unreliable: in loaded CI runs some tasks never got it and trained on.
 
 tecli must be installed on every node, the database reachable from every node, and
 the data folder present on every node (or on a shared filesystem).
@@ -28,6 +31,7 @@ from tecli.sweep.executors import Event, ExecutorLost, Task
 RETRIES = 3  # times a task is retried after its worker process died
 STOP_GRACE = 60.0  # seconds cancelled runs get to record themselves interrupted
 CONNECT_TIMEOUT = 5.0
+STOP_POLL = 0.5  # seconds between a task's looks at the stop flag
 
 
 def _import_ray():
@@ -118,11 +122,48 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-def _train(task: Task, events) -> str:
-    """A Ray task: one run, its events sent to the driver's queue."""
+class _StopFlag:
+    """A Ray actor the driver raises to stop its tasks."""
+
+    def __init__(self):
+        self.raised = False
+
+    def set(self) -> None:
+        self.raised = True
+
+    def is_set(self) -> bool:
+        return self.raised
+
+
+def _watch(stop_flag, done) -> None:
+    """In a task's thread: interrupt the main thread (as SIGINT) once the driver raises
+    `stop_flag`, unless the task is `done` first or the driver is gone."""
+    import _thread
+
+    import ray
+
+    while not done.wait(STOP_POLL):
+        try:
+            raised = ray.get(stop_flag.is_set.remote())
+        except ray.exceptions.RayError:
+            return  # the driver and its actors are gone: Ray ends this job's tasks
+        if raised and not done.is_set():
+            _thread.interrupt_main()
+            return
+
+
+def _train(task: Task, events, stop_flag) -> str:
+    """A Ray task: one run, its events sent to the driver's queue, stopped by its flag."""
+    import threading
+
     from tecli.sweep.executors import train_task
 
-    return train_task(task, events.put)
+    done = threading.Event()
+    threading.Thread(target=_watch, args=(stop_flag, done), daemon=True, name="tecli stop watch").start()
+    try:
+        return train_task(task, events.put)
+    finally:
+        done.set()
 
 
 class _Sweep:
@@ -135,6 +176,7 @@ class _Sweep:
         self.cluster = cluster
         self.report = report
         self.events = Queue(actor_options={"num_cpus": 0})
+        self.stop_flag = self.ray.remote(num_cpus=0)(_StopFlag).remote()
         self.remote = self.ray.remote(_train)
         self.waiting = random.Random().sample(list(tasks), len(tasks))
         self.running: dict = {}  # object ref -> Task
@@ -163,6 +205,7 @@ class _Sweep:
             raise
         finally:
             self.ray.kill(self.events.actor)
+            self.ray.kill(self.stop_flag)
             for engine in self.engines.values():
                 engine.dispose()
 
@@ -177,7 +220,7 @@ class _Sweep:
                 continue
             options = {"num_cpus": task.threads, "num_gpus": self.cluster.gpus, "max_retries": RETRIES}
             ref = self.remote.options(**options, name=f"tecli {task.spec.dataset}/{task.spec.variant}/{task.spec.seed}").remote(
-                task, self.events
+                task, self.events, self.stop_flag
             )
             self.running[ref] = task
 
@@ -228,7 +271,12 @@ class _Sweep:
         self.report(Event(task.index, "finished", run_id=started.run_id if started else None, status=status, message=message))
 
     def stop(self) -> None:
-        """Cancel every task; running ones get KeyboardInterrupt and record themselves interrupted."""
+        """Stop every task (its flag, and Ray's cancel); running ones get KeyboardInterrupt and
+        record themselves interrupted."""
+        try:
+            self.ray.get(self.stop_flag.set.remote(), timeout=CONNECT_TIMEOUT)
+        except self.ray.exceptions.RayError:
+            pass  # the cluster is failing: cancel is all there is
         for ref in self.running:
             self.ray.cancel(ref)
         deadline = time.monotonic() + STOP_GRACE
