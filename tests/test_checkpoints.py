@@ -66,6 +66,7 @@ def test_training_state_round_trips_bit_for_bit_in_process():
         TEConfig(window=128, refresh=4, layers=(-2, -1)),
         TEConfig(window=100, refresh=3, reach="backprop"),
         TEConfig(window=128, refresh=4, threshold="median", threshold_out="argmax", permute=True),  # draws at each refresh
+        TEConfig(window=128, refresh=40),  # 23 batches an epoch: epochs without a refresh repeat the last diagnostics
     ):
         spec = RunSpec(dataset="digits", seed=3, epochs=4, lr=0.05, te=te)
         straight = [tuple(getattr(r, f) for f in SAME) for r in train(spec, data)]

@@ -282,9 +282,11 @@ class TEFeedback:
 
     def state_dict(self) -> dict:
         """The feedback's state between batches: position in the refresh cycle, capture flag,
-        each layer's window, factors and last TE, and the TE side's generator."""
+        each layer's window, factors and last TE, the TE side's generator, and the last
+        refresh's diagnostics (an epoch without a refresh repeats them)."""
         return {
             "batch": self._batch,
+            "diagnostics_last": self._diagnostics.last,
             "capturing": self._capturing,
             "refreshed": self._refreshed,
             "rng": self.rng.bit_generator.state,
@@ -302,6 +304,7 @@ class TEFeedback:
         self._capturing = bool(state["capturing"])
         self._refreshed = bool(state["refreshed"])
         self.rng.bit_generator.state = state["rng"]
+        self._diagnostics.last = tuple(state["diagnostics_last"])
         for slot, saved in zip(self._slots, state["slots"]):
             slot.window.load_state_dict(saved["window"])
             slot.factor.copy_(saved["factor"])
