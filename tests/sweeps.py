@@ -50,6 +50,11 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux: /proc)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
+
+
 def statuses(db) -> list[tuple[str, str, int, str]]:
     with Session(open_database(db)) as session:
         return session.execute(select(Run.dataset, Run.variant, Run.seed, Run.status).order_by(Run.id)).all()

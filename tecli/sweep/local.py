@@ -314,7 +314,7 @@ def _serve(tasks, events, parent_pid: int, ping: float, datasets: set[str] | Non
     if datasets is not None:  # spawned: nothing inherited
         _preload(datasets)
         _warm_up()
-    while True:
+    while os.getppid() == parent_pid:  # else the sweep died while this worker trained: nothing will come
         try:
             task = tasks.recv()
         except EOFError:
@@ -332,5 +332,9 @@ def _serve(tasks, events, parent_pid: int, ping: float, datasets: set[str] | Non
 
         train_task(task, lambda event: events.put((pid, event)), alive)
         gc.collect()
+    if os.getppid() != parent_pid:
+        # Nobody reads the events any more, and a worker killed while writing may hold the
+        # queue's lock: flushing could block this process forever.
+        events.cancel_join_thread()
     events.close()
     events.join_thread()
