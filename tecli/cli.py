@@ -15,7 +15,8 @@ import typer
 
 from tecli import __version__
 from tecli.errors import UserError, shown
-from tecli.spec import MODEL_NAMES, RunSpec, TEConfig
+from tecli.observe import DEFAULT_PROBE, PROBE_RULE, probe_size
+from tecli.spec import MODEL_NAMES, RunSpec, TEConfig, check_value
 
 app = typer.Typer(
     help="Experiment runner for transfer-entropy (TE) accelerated training of CNNs.",
@@ -140,14 +141,20 @@ def run(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and numba (default: their own)."),
     memory_format: Optional[str] = _memory_format_option(),
+    observe: bool = typer.Option(
+        False, "--observe", help="After every epoch, measure each layer's entropy, H(T), I(T;Y) and the TE between "
+        "layers on a fixed probe of training samples (README, Observing information flow); changes no metric."
+    ),
+    probe: Optional[int] = typer.Option(None, metavar="N", help=f"Probe size of --observe, in training samples (default {DEFAULT_PROBE})."),
     resume: Optional[int] = typer.Option(
         None, "--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint, with its recorded configuration "
-        "(and, unless given, its device, threads and memory format)."
+        "(and, unless given, its device, threads, memory format and observation)."
     ),
     db: Optional[str] = _db_option(),
 ) -> None:
     """Train one model (baseline, or with --te the TE-feedback variant) and record every epoch."""
     with _user_errors():
+        observed = _probe_size(observe, probe)
         if resume is not None:  # (typer vendors click: compare the source by name)
             fixed = [n for n in _SPEC_OPTIONS if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
             if fixed:
@@ -155,7 +162,7 @@ def run(
                     f"--resume continues run {resume} with its recorded configuration; leave out {_option_name(fixed[0])}"
                 )
             given = lambda name: getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"  # noqa: E731
-            _run(None, db, data_dir, device if given("device") else None, threads, memory_format, resume)
+            _run(None, db, data_dir, device if given("device") else None, threads, memory_format, resume, observed)
             return
         if dataset is None:
             raise UserError("--dataset is required (or --resume RUN_ID to continue a run)")
@@ -180,15 +187,25 @@ def run(
             model=model,
             te=te_config,
         ).validate(_option_name)
-        _run(spec, db, data_dir, device, threads, memory_format, None)
+        _run(spec, db, data_dir, device, threads, memory_format, None, observed)
 
 
-def _run(spec: RunSpec | None, db, data_dir, device, threads, memory_format, resume: int | None) -> None:
+def _probe_size(observe: bool, probe: int | None) -> int | None:
+    """The probe size --observe and --probe ask for; None: not observed."""
+    if probe is not None and not observe:
+        raise UserError("--probe needs --observe")
+    return check_value("--probe", PROBE_RULE, probe) if probe is not None else probe_size(observe)
+
+
+def _run(spec: RunSpec | None, db, data_dir, device, threads, memory_format, resume: int | None, observe: int | None) -> None:
     from tecli.db.recording import RunTakenOver
     from tecli.runner import RunFailed, RunInterrupted, run_one
 
     try:
-        run_one(spec, db=db, data_dir=data_dir, device=device, threads=threads, resume=resume, memory_format=memory_format)
+        run_one(
+            spec, db=db, data_dir=data_dir, device=device, threads=threads, resume=resume, memory_format=memory_format,
+            observe=observe,
+        )  # fmt: skip
     except RunInterrupted as stop:
         typer.echo(f"{stop}; `tecli run --resume {stop.run_id}` continues it", err=True)
         raise typer.Exit(130) from None
@@ -355,6 +372,22 @@ def report(
             if text is not None:
                 output.write_text(text)
             typer.echo(f"wrote {output}" + (f" and {len(images)} plot(s)" if images else ""), err=True)
+
+
+@app.command()
+def inspect(
+    run_ids: list[int] = typer.Argument(..., metavar="RUN_ID", help="Runs trained with --observe, shown side by side."),
+    output: Path = typer.Option(..., help="FILE.md (tables), FILE.png (one figure) or FILE.html (both)."),
+    db: Optional[str] = _db_option(),
+) -> None:
+    """Information flow of observed runs: information plane, TE between layers, layer-entropy ranking."""
+    with _user_errors():
+        from tecli.report.inspect import check_output, inspect_runs, write_inspection
+        from tecli.db.store import open_database
+
+        check_output(output)
+        write_inspection(inspect_runs(open_database(db, create=False), run_ids), output)
+        typer.echo(f"wrote {output}", err=True)
 
 
 runs_app = typer.Typer(help="Recorded runs: a table of them, or `runs show ID` for one.", no_args_is_help=False)

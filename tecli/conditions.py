@@ -34,6 +34,9 @@ class Conditions:
     code_version: str
     code_commit: str | None
     code_dirty: bool | None
+    # The probe size of --observe (None: not observed; tecli.observe). Recorded with the conditions,
+    # not compared by the report: observing runs after each epoch's timed span.
+    observe: int | None = None
 
 
 @cache
@@ -89,8 +92,9 @@ def gpu_name(device: str) -> str | None:
     return torch.cuda.get_device_name(torch.device(device))
 
 
-def current_conditions(device: str, memory_format: str = "channels_last") -> Conditions:
-    """This process's conditions for a run on `device` in `memory_format` (torch's threads as set now).
+def current_conditions(device: str, memory_format: str = "channels_last", observe: int | None = None) -> Conditions:
+    """This process's conditions for a run on `device` in `memory_format`, observed with a probe of
+    `observe` samples or not at all (torch's threads as set now).
 
     The device is recorded by type (cpu, cuda): which GPU it was is its name."""
     import torch
@@ -98,5 +102,6 @@ def current_conditions(device: str, memory_format: str = "channels_last") -> Con
     commit, dirty = git_state()
     device_type = torch.device(device).type
     return Conditions(
-        device_type, gpu_name(device), torch.get_num_threads(), memory_format, cpu_model(), code_version(), commit, dirty
+        device_type, gpu_name(device), torch.get_num_threads(), memory_format, cpu_model(), code_version(), commit, dirty,
+        observe,
     )

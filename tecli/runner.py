@@ -104,16 +104,22 @@ def prepare(
     on_batch=None,
     checkpoint: bytes | None = None,
     memory_format: str = "channels_last",
+    observe: int | None = None,
 ) -> Prepared:
-    """Load the data and build the training (from a checkpoint, to resume); a UserError for a
-    mistake, before anything is recorded."""
+    """Load the data and build the training (from a checkpoint, to resume), observed with a probe
+    of `observe` training samples if given; a UserError for a mistake, before anything is recorded."""
     from tecli.checkpoint import loads
     from tecli.data import load_dataset
     from tecli.train import train
 
     data = load_dataset(spec.dataset, data_dir)
     spec.check_fits(len(data.x_train))
-    training = train(spec, data, device=device, on_batch=on_batch, memory_format=memory_format)
+    if observe is not None and observe > len(data.x_train):
+        raise UserError(
+            f"a probe of {observe} samples is larger than {spec.dataset}'s training set ({len(data.x_train)} samples); "
+            "use a smaller --probe (observe in sweep files)"
+        )
+    training = train(spec, data, device=device, on_batch=on_batch, memory_format=memory_format, observe=observe)
     if checkpoint is not None:
         training.load_state_dict(loads(checkpoint))
     return Prepared(data, training)
@@ -211,23 +217,28 @@ def run_claimed(
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     memory_format: str = "channels_last",
+    observe: int | None = None,
 ) -> int:
     """A sweep's run: claim the key first (so a second sweep does not load data for it),
-    then set up and train; with resume, an interrupted run of the key continues from its
-    checkpoint. Raises ClaimRefused when the key is taken; a set-up error is recorded as
-    a failed run (RunFailed). on_start(run id, epochs already done)."""
+    then set up and train (observed with a probe of `observe` samples, if given); with
+    resume, an interrupted run of the key continues from its checkpoint. Raises
+    ClaimRefused when the key is taken; a set-up error is recorded as a failed run
+    (RunFailed). on_start(run id, epochs already done)."""
     from tecli.conditions import current_conditions
     from tecli.db.recording import claim_run, set_data_copy
 
     def claim() -> Attempt:
         return claim_run(
-            engine, spec, current_conditions(device, memory_format), sweep_id=sweep_id, retry_failed=retry_failed, resume=resume
-        )
+            engine, spec, current_conditions(device, memory_format, observe), sweep_id=sweep_id, retry_failed=retry_failed,
+            resume=resume,
+        )  # fmt: skip
 
     def setup(attempt: Attempt) -> Training:
         if on_start:
             on_start(attempt.run_id, attempt.epochs_done)
-        prepared = prepare(spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint, memory_format=memory_format)
+        prepared = prepare(
+            spec, data_dir, device, on_batch, checkpoint=attempt.checkpoint, memory_format=memory_format, observe=observe
+        )
         if attempt.checkpoint is None:
             with shielded():
                 set_data_copy(engine, attempt, prepared.data.copy)
@@ -250,9 +261,12 @@ def run_one(
     threads: int | None,
     resume: int | None = None,
     memory_format: str | None = None,
+    observe: int | None = None,
 ) -> int:
     """`tecli run`: set up, then open the database and claim the key, train with a progress
     bar, summarize. With resume (a run id), continue that run from its checkpoint instead.
+    With observe (a probe size), measure the layers after every epoch (tecli.observe); a
+    resume observes as the run's last attempt did unless observe is given.
 
     Everything a user can get wrong (device, threads, data, sizes, the --db path, a run
     that cannot be resumed) is checked before anything is written, so a mistake leaves
@@ -278,9 +292,10 @@ def run_one(
         device = device or target.device  # by default where it ran before, so it continues bit for bit
         threads = threads or target.threads
         memory_format = memory_format or target.memory_format
+        observe = observe or target.observe
     memory_format = memory_format or "channels_last"
     device = configure(device or "cpu", threads, memory_format=memory_format)
-    conditions = current_conditions(device, memory_format)
+    conditions = current_conditions(device, memory_format, observe)
     console = Console()
     progress = _progress(console)
     task = progress.add_task("train", total=None, epoch=done + 1, epochs=spec.epochs)
@@ -294,7 +309,7 @@ def run_one(
             progress.console.print(_inert_line(result, spec), soft_wrap=True, markup=False)
         progress.update(task, completed=0, epoch=min(result.epoch + 1, spec.epochs))
 
-    prepared = prepare(spec, data_dir, device, on_batch, memory_format=memory_format)
+    prepared = prepare(spec, data_dir, device, on_batch, memory_format=memory_format, observe=observe)
     data = prepared.data
     if resume is not None:
         if target.data_copy not in (None, data.copy):
@@ -318,7 +333,8 @@ def run_one(
     console.print(
         f"{started}: [bold]{spec.dataset}[/] ({data.copy}): {len(data.x_train)} train / "
         f"{len(data.x_test)} test, variant [bold]{spec.variant}[/], seed {spec.seed}, "
-        f"run key {spec.run_key()}, device {device}, threads {conditions.threads}, {memory_format}",
+        f"run key {spec.run_key()}, device {device}, threads {conditions.threads}, {memory_format}"
+        + (f", observing a probe of {observe} training samples" if observe else ""),
         soft_wrap=True,
     )
     with progress:
@@ -345,9 +361,10 @@ def _epoch_line(r: EpochResult, epochs: int, is_te: bool) -> str:
         te = f", TE {r.te_share:5.1%} of time, no TE refresh yet"
     else:
         te = f", TE {r.te_share:5.1%} of time, mean TE {r.te_mean:.4f} max {r.te_max:.3f} bits"
+    observed = f", observed in {r.observe_seconds:.2f} s" if r.observe_seconds is not None else ""
     return (
         f"epoch {r.epoch:>3}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
-        f"test loss {r.test_loss:.4f} acc {r.test_acc:.4f}  {r.seconds:6.2f} s{te}"
+        f"test loss {r.test_loss:.4f} acc {r.test_acc:.4f}  {r.seconds:6.2f} s{te}{observed}"
     )
 
 

@@ -14,6 +14,10 @@ contiguous (NCHW) layout on a 2-core AVX2 CPU, and seeded runs stay identical fr
 run to run. The two layouts give slightly different numbers (other kernels), so the
 format is recorded with each run as a condition of measurement; "contiguous" gives
 the results of tecli before it.
+
+Observing (`observe`, a probe size; tecli.observe) measures the layers on a fixed probe
+set after each epoch's timed span; it draws no torch random number and changes no
+state that training reads, so the epochs are those of the unobserved run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import nn
 from tecli.data import DataSplits
 from tecli.epoch import EpochResult
 from tecli.models import build_model
+from tecli.observe.probe import Probe
 from tecli.optim import SGD
 from tecli.spec import RunSpec
 from tecli.te.feedback import TEFeedback
@@ -62,7 +67,13 @@ class Training:
     """
 
     def __init__(
-        self, spec: RunSpec, data: DataSplits, device: str = "cpu", on_batch=None, memory_format: str = "channels_last"
+        self,
+        spec: RunSpec,
+        data: DataSplits,
+        device: str = "cpu",
+        on_batch=None,
+        memory_format: str = "channels_last",
+        observe: int | None = None,
     ):
         self.spec = spec
         self.device = device
@@ -76,6 +87,7 @@ class Training:
         self.feedback = TEFeedback(self.model, spec.te, spec.batch_size, spec.te_seed) if spec.te else None
         self.x_train, self.y_train = data.x_train.to(device, memory_format=layout), data.y_train.to(device)
         self.x_test, self.y_test = data.x_test.to(device, memory_format=layout), data.y_test.to(device)
+        self.probe = Probe(self.model, self.x_train, self.y_train, observe, spec.seed) if observe else None
         self.epoch = 0  # epochs finished
 
     def __iter__(self) -> Iterator[EpochResult]:
@@ -83,6 +95,8 @@ class Training:
         try:
             while self.epoch < self.spec.epochs:
                 result = self._train_epoch(self.epoch + 1)
+                if self.probe:  # after the epoch's timed span: observing is not training
+                    result = self.probe.observe(result)
                 self.epoch += 1
                 yield result
         finally:
@@ -160,6 +174,8 @@ def train(
     device: str = "cpu",
     on_batch: Callable[[int, int], None] | None = None,
     memory_format: str = "channels_last",
+    observe: int | None = None,
 ) -> Training:
-    """The run's Training: iterate it for one EpochResult per epoch."""
-    return Training(spec, data, device, on_batch, memory_format)
+    """The run's Training: iterate it for one EpochResult per epoch; with `observe`, a probe
+    of that many training samples measures the layers after each epoch."""
+    return Training(spec, data, device, on_batch, memory_format, observe)

@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session
 from recorded import TEST_CONDITIONS, epoch_result, record_run
 from tecli.db import migrate
 from tecli.db.recording import ClaimRefused, claim_run, finish_run, record_epoch
-from tecli.db.schema import Base, Checkpoint, Claim, Epoch, Run, RunStatus
+from tecli.db.schema import Base, Checkpoint, Claim, Epoch, Observation, Run, RunStatus
 from tecli.db.store import SCHEMA_HEAD, create_db_engine, database_url, open_database
+from tecli.epoch import LayerObservation
 from tecli.errors import UserError
 from tecli.spec import RunSpec, TEConfig
 
 DATA = Path(__file__).parent / "data"
-TABLES = {"alembic_version", "sweeps", "runs", "attempts", "epochs", "claims", "checkpoints"}
+TABLES = {"alembic_version", "sweeps", "runs", "attempts", "epochs", "claims", "checkpoints", "observations"}
 
 
 def test_schema_head_constant_is_the_newest_migration():
@@ -163,6 +164,33 @@ def test_a_database_of_schema_0003_upgrades_with_its_data_intact(backend, tmp_pa
     with Session(engine) as session:
         epoch = session.scalars(select(Epoch).where(Epoch.run_id == run_id)).one()
         assert {name: getattr(epoch, name) for name in EPOCH_MEASURES_0004} == measured
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_of_schema_0004_upgrades_with_its_data_intact(backend, tmp_path, request):
+    """tests/data/schema-0004.* were written by tecli at schema 0004 (tests/data/make_schema_fixture.py).
+    No run observed before 0005: runs and attempts have no probe size, epochs no observation time,
+    and there are no observations; a run recorded after the upgrade stores its observations."""
+    engine, after = _upgrade_fixture("0004", backend, tmp_path, request)
+    assert {row["observe"] for t in ("runs", "attempts") for row in after[t]} == {None}
+    assert {row["observe_seconds"] for row in after["epochs"]} == {None}
+    assert {row["cpu_seconds"] is not None for row in after["epochs"]} == {True}  # measured since 0004
+    _takes_new_runs_and_knows_the_old(engine)
+    layers = (
+        LayerObservation("conv1", 0, 256, 0.5, 8.9, 3.3),
+        LayerObservation("fc1", 1, 120, 0.4, 8.8, 3.2, te_next=0.03, te_class=0.02),
+        LayerObservation("fc2", 2, 84, 0.3, 8.7, 3.1, te_next=0.05, te_class=0.05),
+        LayerObservation("class", 3, 10, 0.45, 3.2, 3.0),
+    )
+    observed = replace(epoch_result(1), observe_seconds=0.04, observed=layers)
+    run_id = record_run(engine, RunSpec(dataset="digits", seed=79, epochs=1), [observed], conditions=replace(TEST_CONDITIONS, observe=512))
+    with Session(engine) as session:
+        assert session.get(Run, run_id).observe == 512 and session.get(Run, run_id).attempts[0].observe == 512
+        assert session.scalars(select(Epoch.observe_seconds).where(Epoch.run_id == run_id)).one() == 0.04
+        rows = session.scalars(select(Observation).where(Observation.run_id == run_id).order_by(Observation.position)).all()
+        columns = [c for c in Observation.__table__.columns.keys() if c not in ("id", "run_id", "epoch")]
+        assert [LayerObservation(**{c: getattr(row, c) for c in columns}) for row in rows] == list(layers)
+        assert {row.epoch for row in rows} == {1}
 
 
 def test_sqlite_settings(tmp_path):

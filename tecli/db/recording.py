@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from tecli import __version__
 from tecli.conditions import Conditions
 from tecli.db.liveness import Lease, Owner, current_owner, is_dead
-from tecli.db.schema import Checkpoint, Claim, Epoch, Run, RunAttempt, RunStatus, utcnow
+from tecli.db.schema import Checkpoint, Claim, Epoch, Observation, Run, RunAttempt, RunStatus, utcnow
 from tecli.epoch import EpochResult
 from tecli.spec import RunSpec
 
@@ -114,6 +114,7 @@ def _new_run(spec: RunSpec, conditions: Conditions, owner: Owner, lease: Lease, 
         code_version=conditions.code_version,
         code_commit=conditions.code_commit,
         code_dirty=conditions.code_dirty,
+        observe=conditions.observe,
         tecli_version=__version__,
         torch_version=_package_version("torch"),
         torchvision_version=_package_version("torchvision"),
@@ -150,7 +151,7 @@ def _new_attempt(run_id: int, number: int, first_epoch: int, owner: Owner, condi
         run_id=run_id, number=number, first_epoch=first_epoch, status=RunStatus.RUNNING, started_at=now,
         owner=owner.token, host=owner.host, pid=owner.pid, device=conditions.device, gpu_name=conditions.gpu_name,
         threads=conditions.threads, memory_format=conditions.memory_format, cpu_model=conditions.cpu_model,
-        code_version=conditions.code_version,
+        code_version=conditions.code_version, observe=conditions.observe,
     )  # fmt: skip
 
 
@@ -261,6 +262,7 @@ class Resumable:
     device: str  # the last attempt's: a resume continues on the same device, threads and format by default
     threads: int | None
     memory_format: str | None
+    observe: int | None  # and observes as it did (the probe size; None: not observed)
 
 
 def _resume_target(session: Session, run_id: int, conditions: Conditions, owner: Owner, now) -> tuple[Run, Checkpoint, int]:
@@ -302,7 +304,8 @@ def check_resumable(engine: Engine, run_id: int, conditions: Conditions) -> Resu
             ).first()
             where = last or run
             return Resumable(
-                run.config, run.data_copy, checkpoint.epoch, checkpoint.state, where.device, where.threads, where.memory_format
+                run.config, run.data_copy, checkpoint.epoch, checkpoint.state, where.device, where.threads, where.memory_format,
+                where.observe,
             )
         finally:
             session.rollback()
@@ -345,16 +348,18 @@ def set_data_copy(engine: Engine, attempt: Attempt, data_copy: str) -> None:
 
 
 def record_epoch(engine: Engine, attempt: Attempt, result: EpochResult, checkpoint: bytes | None = None) -> None:
-    """Store one finished epoch, and the run's checkpoint after it, in one transaction
-    (with the heartbeat): both are there, or neither.
+    """Store one finished epoch (with its observations, when observed), and the run's checkpoint
+    after it, in one transaction (with the heartbeat): all are there, or none.
 
     A number that is not finite (the loss of a diverged run) is stored as NULL on
     every backend, as SQLite would store it anyway."""
     values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(result).items()}
+    observed = values.pop("observed")
     with Session(engine) as session, session.begin():
         now = _now(session)
         _fenced(session, attempt, heartbeat_at=now)
         session.add(Epoch(run_id=attempt.run_id, **values))
+        session.add_all(Observation(run_id=attempt.run_id, epoch=result.epoch, **layer) for layer in observed)
         if checkpoint is not None:  # replace the run's checkpoint (without reading the old one back)
             values = dict(epoch=result.epoch, state=checkpoint, code_version=attempt.code_version, saved_at=now)
             if not session.execute(update(Checkpoint).where(Checkpoint.run_id == attempt.run_id).values(**values)).rowcount:

@@ -97,6 +97,7 @@ class Run(Base):
     code_version: Mapped[str | None] = mapped_column(String(100))  # src:<hash of tecli's sources> (tecli.conditions)
     code_commit: Mapped[str | None] = mapped_column(String(64))  # git commit, when run from a checkout
     code_dirty: Mapped[bool | None] = mapped_column(Boolean)  # uncommitted changes in tecli/; None outside a checkout
+    observe: Mapped[int | None] = mapped_column(Integer)  # probe size of --observe (tecli.observe); None: not observed
     tecli_version: Mapped[str] = mapped_column(String(32))
     torch_version: Mapped[str] = mapped_column(String(32))
     torchvision_version: Mapped[str] = mapped_column(String(32))
@@ -148,6 +149,7 @@ class RunAttempt(Base):
     memory_format: Mapped[str | None] = mapped_column(String(20))
     cpu_model: Mapped[str | None] = mapped_column(String(200))
     code_version: Mapped[str | None] = mapped_column(String(100))
+    observe: Mapped[int | None] = mapped_column(Integer)  # probe size; a resume observes as the last attempt did
     error: Mapped[str | None] = mapped_column(Text)  # why it ended, when not completed
 
 
@@ -187,6 +189,28 @@ class Epoch(Base):
     te_positive_share: Mapped[float | None] = mapped_column(Float)
     factor_dev_mean: Mapped[float | None] = mapped_column(Float)
     factor_dev_max: Mapped[float | None] = mapped_column(Float)  # 0: the feedback changed nothing that epoch
+    observe_seconds: Mapped[float | None] = mapped_column(Float)  # --observe: the observation's time, not part of `seconds`
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="epochs")
+
+
+class Observation(Base):
+    """One layer's information measures on a run's probe set after one epoch (`tecli run
+    --observe`; tecli.epoch.LayerObservation says what each column is). Written in the
+    epoch's transaction, with its row of `epochs`."""
+
+    __tablename__ = "observations"
+    __table_args__ = (UniqueConstraint("run_id", "epoch", "layer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    layer: Mapped[str] = mapped_column(String(32))  # conv1, ..., fc1, fc2, class
+    position: Mapped[int] = mapped_column(Integer)  # 0-based, input to output
+    neurons: Mapped[int] = mapped_column(Integer)
+    neuron_entropy: Mapped[float] = mapped_column(Float)  # bits
+    h_t: Mapped[float] = mapped_column(Float)
+    i_ty: Mapped[float] = mapped_column(Float)
+    te_next: Mapped[float | None] = mapped_column(Float)  # NULL for conv blocks and the class layer
+    te_class: Mapped[float | None] = mapped_column(Float)

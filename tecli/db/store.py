@@ -32,7 +32,7 @@ from tecli.paths import writable_folder
 DEFAULT_DB = "tecli.db"
 # The newest migration in tecli/db/migrations/versions (a test keeps the two equal).
 # Knowing it here lets an up-to-date database open without importing Alembic.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 BUSY_TIMEOUT_MS = 30_000
 POSTGRES_INSTALL = 'python -m pip install "tecli[postgres]"'
 

@@ -33,6 +33,9 @@ unknown. A TE group is flagged when more than half of all its epochs are known t
 be inert: it then trained as its baseline did, and its comparison says little
 about TE feedback.
 
+Observed runs (`tecli run --observe`): the per-variant means of their observations per
+epoch and layer (tecli.report.observed, imported only when such rows exist).
+
 Conditions of measurement (tecli.conditions: device, GPU name, threads, CPU
 model, code version) decide what seconds mean. A group's seconds (to target,
 mean epoch time, epoch-time ratio, speedup in seconds and its p) are computed
@@ -60,7 +63,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from tecli.conditions import CONDITION_FIELDS
-from tecli.db.schema import Epoch, Run, RunAttempt, RunStatus, Sweep
+from tecli.db.schema import Epoch, Observation, Run, RunAttempt, RunStatus, Sweep
 from tecli.errors import UserError
 from tecli.report.arithmetic import group_sum, mean, median, running_sums, std
 from tecli.report.grid import grid_datasets
@@ -103,6 +106,7 @@ class Report:
     clock: str = "wall"  # what seconds are: "wall" time or process "cpu" time
     unclocked: list[int] = field(default_factory=list)  # counted runs with epochs lacking the clock: no seconds
     grid: list[str] = field(default_factory=list)  # data sets shown in the grid view (tecli.report.grid)
+    observed: list[dict] = field(default_factory=list)  # per-variant observation means (tecli.report.observed)
 
 
 def sweep_scope(engine: Engine, name: str) -> tuple[set[str], dict]:
@@ -508,6 +512,17 @@ def inert_statement(row: dict, baseline: str) -> str | None:
     )
 
 
+def _observed(engine: Engine, measures: list[dict]) -> list[dict]:
+    """The per-variant means of the runs' observations; [] (without importing their code) when none observed."""
+    ids = [m["run_id"] for m in measures]
+    with engine.connect() as connection:
+        if connection.execute(select(Observation.id).where(Observation.run_id.in_(ids)).limit(1)).first() is None:
+            return []
+    from tecli.report import observed
+
+    return observed.variant_means(measures, observed.load(engine, ids))
+
+
 def build_report(
     engine: Engine,
     sweep: str | None = None,
@@ -565,5 +580,5 @@ def build_report(
     unclocked = [m["run_id"] for m in sorted(measures, key=itemgetter("run_id")) if not m["clocked"]]
     return Report(
         measures, curves, groups, targets, statements, excluded, baseline, mixed_conditions, clock, unclocked,
-        grid_datasets(groups, baseline, grid),
+        grid_datasets(groups, baseline, grid), _observed(engine, measures),
     )  # fmt: skip

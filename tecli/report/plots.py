@@ -25,7 +25,7 @@ GRID_POINTS = 200
 CLOCK_LABELS = {"wall": "wall-clock seconds (cumulative epoch time)", "cpu": "CPU seconds (cumulative epoch CPU time)"}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +43,7 @@ def _band(ax, x, values, label):
 
 def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
     """Write `<prefix>-<dataset>.png` files into folder; returns their paths."""
-    plt = _pyplot()
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset in sorted({c.dataset for c in report.curves}):
@@ -69,12 +69,13 @@ def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
         by_epoch.set_ylabel("test accuracy")
         by_epoch.legend(loc="lower right")
         fig.suptitle(f"{dataset}: test accuracy, mean +- std over seeds")
-        written.append(_save(fig, folder / f"{prefix}-{dataset}.png"))
+        written.append(save(fig, folder / f"{prefix}-{dataset}.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
+def save(fig, path):
+    """Lay the figure out, write it as PNG to `path` (a file path or a binary file) and close it; returns `path`."""
+    plt = pyplot()
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -89,7 +90,7 @@ def plot_lambda(report: Report, folder: Path, prefix: str) -> list[Path]:
         rows = [row for row in grid_rows(report.groups, dataset, report.baseline) if row["lam"] is not None]
         if not rows:
             continue
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         for ax, measure in zip(axes, ("epochs", "seconds")):
             for (mode, reach), series in _series(rows).items():
@@ -111,7 +112,7 @@ def plot_lambda(report: Report, folder: Path, prefix: str) -> list[Path]:
         axes[0].set_ylabel(f"median speedup over {report.baseline} (95 % interval)")
         axes[0].legend(title="mode, reach")
         fig.suptitle(f"{dataset}: speedup against λ")
-        written.append(_save(fig, folder / f"{prefix}-{dataset}-lambda.png"))
+        written.append(save(fig, folder / f"{prefix}-{dataset}-lambda.png"))
     return written
 
 

@@ -187,7 +187,7 @@ def _excluded_line(report: Report) -> str:
     return f"Not counted (not completed, or an older completed run of the same key): {parts}."
 
 
-def _md_table(headers, rows) -> str:
+def md_table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -204,21 +204,27 @@ def markdown(report: Report, images: list[Path]) -> str:
         "",
         "## Per data set and variant",
         "",
-        _md_table(GROUP_HEADERS, group_rows(report)),
+        md_table(GROUP_HEADERS, group_rows(report)),
         "",
     ]
     if report.grid:
         parts += ["## Grid: variants by median speedup", "", _grid_intro(report), ""]
         for dataset in report.grid:
-            parts += [f"### {dataset}", "", _md_table(GRID_HEADERS, grid_table_rows(report, dataset)), ""]
+            parts += [f"### {dataset}", "", md_table(GRID_HEADERS, grid_table_rows(report, dataset)), ""]
     parts += [
         "## What the numbers say",
         "",
         *[f"- {s}" for s in report.statements],
         "",
+    ]
+    if report.observed:
+        from tecli.report.observed import MEANS_HEADERS, MEANS_INTRO, means_rows
+
+        parts += ["## Information flow", "", MEANS_INTRO, "", md_table(MEANS_HEADERS, means_rows(report.observed)), ""]
+    parts += [
         "## Runs",
         "",
-        _md_table(RUN_HEADERS, run_rows(report)),
+        md_table(RUN_HEADERS, run_rows(report)),
     ]
     if report.excluded:
         parts += ["", _excluded_line(report)]
@@ -256,6 +262,7 @@ def to_json(report: Report) -> str:
             "runs": _records(report.runs),
             "statements": report.statements,
             "excluded": report.excluded,
+            "observed": report.observed,
         },
         indent=2,
     )
@@ -265,7 +272,20 @@ def to_csv(report: Report) -> str:
     return _frame(report.groups).to_csv(index=False)
 
 
-def _html_table(headers, rows) -> str:
+def html_head(title: str) -> str:
+    """An html page's start, up to its body: the style every tecli page shares."""
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+</style></head><body>"""
+
+
+def html_table(headers, rows) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -281,31 +301,29 @@ def to_html(report: Report, images: list[Path]) -> str:
     excluded = f"<p>{html.escape(_excluded_line(report))}</p>" if report.excluded else ""
     clock = f"<p>{html.escape(_clock_line(report))}</p>" if report.unclocked else ""
     grid = "".join(
-        f"<h3>{html.escape(dataset)}</h3>{_html_table(GRID_HEADERS, grid_table_rows(report, dataset))}" for dataset in report.grid
+        f"<h3>{html.escape(dataset)}</h3>{html_table(GRID_HEADERS, grid_table_rows(report, dataset))}" for dataset in report.grid
     )
     if grid:
         grid = f"<h2>Grid: variants by median speedup</h2><p>{html.escape(_grid_intro(report))}</p>{grid}"
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>tecli report</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
-th {{ background: #f3f3f3; }}
-img {{ max-width: 100%; }}
-</style></head><body>
+    observed = ""
+    if report.observed:
+        from tecli.report.observed import MEANS_HEADERS, MEANS_INTRO, means_rows
+
+        observed = f"<h2>Information flow</h2><p>{html.escape(MEANS_INTRO)}</p>{html_table(MEANS_HEADERS, means_rows(report.observed))}"
+    return f"""{html_head("tecli report")}
 <h1>tecli report</h1>
 <p>{html.escape(_targets_line(report))} Baseline variant: {html.escape(report.baseline)}.</p>
 <p>{html.escape(_conditions_line(report))}</p>
 <p>{html.escape(_method_line(report))}</p>
 {clock}
 <h2>Per data set and variant</h2>
-{_html_table(GROUP_HEADERS, group_rows(report))}
+{html_table(GROUP_HEADERS, group_rows(report))}
 {grid}
 <h2>What the numbers say</h2><ul>{statements}</ul>
+{observed}
 <h2>Plots</h2>{figures}
 <h2>Runs</h2>
-{_html_table(RUN_HEADERS, run_rows(report))}
+{html_table(RUN_HEADERS, run_rows(report))}
 {excluded}
 </body></html>
 """

@@ -39,6 +39,7 @@ class Task:
     retry_failed: bool = False
     resume: bool = True  # an interrupted run of the key continues from its checkpoint
     memory_format: str = "channels_last"
+    observe: int | None = None  # probe size (tecli.observe); None: not observed
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def train_task(task: Task, put: Callable[[Event], None], on_batch: Callable[[int
             on_epoch=lambda result: put(Event(task.index, "epoch", run_id=run_id, epoch=result.epoch, test_acc=result.test_acc)),
             on_batch=on_batch,
             memory_format=task.memory_format,
+            observe=task.observe,
         )
         return finished("completed")
     except ClaimRefused as refused:

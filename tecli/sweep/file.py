@@ -4,6 +4,8 @@ expansion of parameter grids to RunSpecs.
     name = "paper-offline"            # required
     description = "..."               # optional
     seeds = [0, 1, 2, 3, 4]           # required, distinct integers >= 0
+    observe = true                    # optional: observe every run (tecli.observe), true = 512
+                                      # probe samples, or the probe size; not part of run keys
 
     [defaults]                        # optional; training parameters of every run
     epochs = 10                       # epochs, lr, momentum, batch_size, weight_decay
@@ -60,6 +62,7 @@ from typing import Any
 
 from tecli.db.schema import Run
 from tecli.errors import UserError, shown
+from tecli.observe import OBSERVE_RULE, probe_size
 from tecli.spec import SEED_RULE, TE_RULES, TRAIN_RULES, Rule, RunSpec, TEConfig, check_value
 from tecli.sweep.grid import Param, expand
 from tecli.sweep.overrides import effective_source, parse_set, set_value
@@ -72,7 +75,7 @@ NAME_RULE = Rule(str, "a non-empty name of letters, digits, '.', '_' or '-'", la
 MAX_PROBLEMS = 20
 VARIANT_NAME_MAX = Run.variant.type.length  # the database's column
 
-TOP_KEYS = {"name", "description", "seeds", "defaults", "datasets", "variants"}
+TOP_KEYS = {"name", "description", "seeds", "observe", "defaults", "datasets", "variants"}
 DEFAULTS_KEYS = {*TRAIN_RULES, "metric", "te"}
 DATASET_KEYS = {*TRAIN_RULES, "target", "metric"}
 VARIANT_KEYS = {"te", *TRAIN_RULES, *TE_RULES}
@@ -98,6 +101,7 @@ class SweepSpec:
     source_hash: str
     targets: dict[str, dict[str, Any]]  # data set -> {"target": float | None, "metric": str}
     runs: tuple[RunSpec, ...]
+    observe: int | None = None  # the probe size every run is observed with (None: not observed)
 
 
 class _Where:
@@ -193,10 +197,11 @@ def parse_sweep(source: str, path: Path, overrides: Sequence[str] = ()) -> Sweep
         set_value(doc, keys, value, text)
     problems = _Problems(_Where(path, source, {keys for keys, _ in settings}))
     name, targets, runs = _check(doc, problems)
+    observe = problems.value(("observe",), OBSERVE_RULE, doc.get("observe", False))
     if problems.found:
         raise SweepFileError(problems.found)
     recorded = effective_source(source, doc, settings) if settings else source
-    return SweepSpec(name, path, recorded, hashlib.sha256(recorded.encode()).hexdigest(), targets, runs)
+    return SweepSpec(name, path, recorded, hashlib.sha256(recorded.encode()).hexdigest(), targets, runs, probe_size(observe))
 
 
 def _check_settable(doc: dict, keys: tuple[str, ...], text: str, path: Path) -> None:
@@ -209,12 +214,12 @@ def _check_settable(doc: dict, keys: tuple[str, ...], text: str, path: Path) -> 
             raise UserError(f"--set {shown(text)}: {shown(path)} has no [{shown(table)}] table; add it to the file")
         if keys[2] in (DATASET_KEYS if section == "datasets" else VARIANT_KEYS):
             return
-    settable = {("name",), ("description",), ("seeds",)}
+    settable = {("name",), ("description",), ("seeds",), ("observe",)}
     settable |= {("defaults", key) for key in DEFAULTS_KEYS - {"te"}} | {("defaults", "te", key) for key in TE_RULES}
     if keys not in settable:
         raise UserError(
             f"--set {shown(text)}: {shown('.'.join(map(key_text, keys)))} is not a key of {shown(path)} (settable: name, "
-            "description, seeds, defaults.KEY, defaults.te.KEY, and datasets.NAME.KEY, variants.NAME.KEY of its tables)"
+            "description, seeds, observe, defaults.KEY, defaults.te.KEY, and datasets.NAME.KEY, variants.NAME.KEY of its tables)"
         )
 
 

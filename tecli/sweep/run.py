@@ -150,7 +150,7 @@ def run_sweep(
     tasks = [
         Task(
             i, p.spec, sweep.url, sweep_id, folder, sweep.device, per_run_threads, sweep.retry_failed, not sweep.restart,
-            sweep.memory_format,
+            sweep.memory_format, sweep.spec.observe,
         )
         for i, p in enumerate(sweep.to_run)
     ]
