@@ -218,7 +218,7 @@ def test_every_problem_is_listed_with_its_line_and_nothing_is_written(tmp_path):
     result = invoke("sweep", path, "--db", db)
     assert result.exit_code == 2, result.output
     assert result.output.splitlines() == [
-        f"error: {path}: colour (line 3): unknown key (allowed: datasets, defaults, description, name, seeds, variants)",
+        f"error: {path}: colour (line 3): unknown key (allowed: datasets, defaults, description, name, observe, seeds, variants)",
         f"error: {path}: defaults.epochs[1] (line 7): expected an integer >= 1, got 0",
         f"error: {path}: datasets.nosuch (line 15): unknown data set (known: digits, usps, mnist, fashionmnist, cifar10, svhn, stl10)",
         f"error: {path}: variants.baseline.lam (line 19): TE parameter on a variant with te = false",
