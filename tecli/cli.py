@@ -101,7 +101,7 @@ def _parse_threshold(text: str | None) -> float | str | None:
 
 # What --resume keeps from the run's recorded configuration: these may not be given with it.
 _SPEC_OPTIONS = (
-    "dataset", "te", "seed", "epochs", "lr", "momentum", "batch_size", "weight_decay", "model", "te_threshold",
+    "dataset", "te", "seed", "epochs", "lr", "momentum", "batch_size", "weight_decay", "model", "stop_at", "te_threshold",
     "te_threshold_out", "te_window", "te_refresh", "te_fraction", "te_delay", "te_lambda", "te_mode",
     "te_layers", "te_reach", "te_subset_seed", "te_permute",
 )  # fmt: skip
@@ -119,6 +119,9 @@ def run(
     batch_size: int = typer.Option(64, help="Mini-batch size."),
     weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
     model: str = typer.Option(MODEL_NAMES[0], help=f"Model: {', '.join(MODEL_NAMES)} (README, Models)."),
+    stop_at: Optional[float] = typer.Option(
+        None, metavar="ACC", help="End the run after the first epoch whose test accuracy reaches ACC (default: all epochs)."
+    ),
     te_threshold: Optional[str] = _te_option(
         "threshold", "Binarization threshold g of hidden (ReLU) outputs, or median (each neuron's batch median)."
     ),
@@ -185,6 +188,7 @@ def run(
             batch_size=batch_size,
             weight_decay=weight_decay,
             model=model,
+            stop_at=stop_at,
             te=te_config,
         ).validate(_option_name)
         _run(spec, db, data_dir, device, threads, memory_format, None, observed)

@@ -402,4 +402,7 @@ def _summary(spec: RunSpec, results: list[EpochResult]) -> Table:
     table.add_row("best test accuracy", f"{best.test_acc:.4f} (epoch {best.epoch})")
     table.add_row("mean epoch time", f"{total / len(results):.2f} s")
     table.add_row("TE share of time", f"{te_total / total:.1%}" if spec.te else "-")
+    if spec.stop_at is not None:
+        reached = results[-1].test_acc >= spec.stop_at
+        table.add_row("stop at", f"{spec.stop_at:g}: " + (f"reached in epoch {results[-1].epoch}" if reached else "not reached"))
     return table

@@ -71,6 +71,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "batch_size": _int(">= 2", lambda v: v >= 2),
     "weight_decay": _float(">= 0", lambda v: v >= 0),
     "model": _choice(MODEL_NAMES),
+    "stop_at": _float("in (0, 1] (a test accuracy)", lambda v: 0 < v <= 1),
 }
 SEED_RULE = _int(">= 0", lambda v: v >= 0)
 TE_RULES: dict[str, Rule] = {
@@ -181,6 +182,10 @@ class RunSpec:
     batch_size: int = 64
     weight_decay: float = 0.0
     model: str = MODEL_NAMES[0]
+    # The run ends after the first epoch whose test accuracy reaches stop_at (None: all
+    # epochs). Epochs to the target are unchanged; the epochs after it, which cost most of a
+    # study whose baseline reaches its target early, are not trained.
+    stop_at: float | None = None
     te: TEConfig | None = None
     variant: str = field(default="")
 
@@ -196,11 +201,13 @@ class RunSpec:
         return self
 
     def to_dict(self) -> dict:
-        """Every field, but `model` and te's `permute` only when not the default: runs recorded
-        before they could be chosen keep their configuration and their run key."""
+        """Every field, but `model`, `stop_at` and te's `permute` only when not the default: runs
+        recorded before they could be chosen keep their configuration and their run key."""
         config = asdict(self)
         if config["model"] == MODEL_NAMES[0]:
             del config["model"]
+        if config["stop_at"] is None:
+            del config["stop_at"]
         if config["te"] is not None and not config["te"]["permute"]:
             del config["te"]["permute"]
         return config

@@ -89,15 +89,17 @@ class Training:
         self.x_test, self.y_test = data.x_test.to(device, memory_format=layout), data.y_test.to(device)
         self.probe = Probe(self.model, self.x_train, self.y_train, observe, spec.seed) if observe else None
         self.epoch = 0  # epochs finished
+        self.reached = False  # an epoch reached spec.stop_at: the run is over
 
     def __iter__(self) -> Iterator[EpochResult]:
         self.model.train()
         try:
-            while self.epoch < self.spec.epochs:
+            while self.epoch < self.spec.epochs and not self.reached:
                 result = self._train_epoch(self.epoch + 1)
                 if self.probe:  # after the epoch's timed span: observing is not training
                     result = self.probe.observe(result)
                 self.epoch += 1
+                self.reached = self.spec.stop_at is not None and result.test_acc >= self.spec.stop_at
                 yield result
         finally:
             if self.feedback:
@@ -148,6 +150,7 @@ class Training:
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
+            "reached": self.reached,
             "model_args": self.model_args,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -166,6 +169,7 @@ class Training:
         if self.feedback:
             self.feedback.load_state_dict(state["feedback"])
         self.epoch = int(state["epoch"])
+        self.reached = bool(state.get("reached", False))  # checkpoints from before stop_at lack it
 
 
 def train(

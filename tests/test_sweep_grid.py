@@ -238,7 +238,7 @@ def test_problems_beyond_the_cap_are_counted(tmp_path):
     assert result.exit_code == 2
     lines = result.output.splitlines()
     assert len(lines) == MAX_PROBLEMS + 1 and lines[-1] == "error: ... and 5 more"
-    assert lines[0] == f"error: {path}: defaults.unknown0 (line 8): unknown key (allowed: batch_size, epochs, lr, metric, model, momentum, te, weight_decay)"
+    assert lines[0] == f"error: {path}: defaults.unknown0 (line 8): unknown key (allowed: batch_size, epochs, lr, metric, model, momentum, stop_at, te, weight_decay)"
     with pytest.raises(SweepFileError) as raised:
         load_sweep(path)
     assert len(raised.value.problems) == MAX_PROBLEMS + 5 and isinstance(raised.value, UserError)

@@ -8,7 +8,8 @@ expansion of parameter grids to RunSpecs.
                                       # probe samples, or the probe size; not part of run keys
 
     [defaults]                        # optional; training parameters of every run
-    epochs = 10                       # epochs, lr, momentum, batch_size, weight_decay
+    epochs = 10                       # epochs, lr, momentum, batch_size, weight_decay, model,
+                                      # stop_at (end a run once its test accuracy reaches it)
     metric = "test_acc"               # what targets apply to: test_acc or train_acc
 
     [defaults.te]                     # optional; TE parameters of every TE variant
