@@ -81,7 +81,7 @@ def _te_option(field: str, help_text: str):
     """A --te-* option: None unless given, so a TE parameter without --te can be caught."""
     default = getattr(TEConfig, field)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    return typer.Option(None, help=f"{help_text} [default: {shown}]")
+    return typer.Option(None, help=f"{help_text} \\[default: {shown}]")  # escaped: Rich would read [..] as markup
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:

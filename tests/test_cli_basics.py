@@ -39,3 +39,12 @@ def test_usage_errors_of_the_installed_command_are_one_line():
         "(see `tecli run --help`)"
     ]
     assert out.stdout == ""
+
+
+def test_run_help_shows_the_te_defaults():
+    """The --te-* options default to None (to catch them without --te); their help names TEConfig's defaults."""
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.strip("│ ").startswith("--te-")}
+    assert "[default: 1024]" in lines["--te-window"] and "[default: -1]" in lines["--te-layers"]
+    assert "[default: amplify]" in lines["--te-mode"] and "[default: 0.5]" in lines["--te-threshold-out"]
