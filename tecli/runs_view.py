@@ -17,10 +17,12 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers; a larger one cannot exist
 RUN_FIELDS = (
     "id", "run_key", "dataset", "data_copy", "variant", "seed", "status", "epochs_planned",
     "started_at", "finished_at", "heartbeat_at", "host", "pid", "boot_id", "pid_namespace", "lease_seconds",
-    "device", "gpu_name", "threads", "memory_format", "cpu_model", "code_version", "code_commit", "code_dirty", "tecli_version", "torch_version", "torchvision_version", "numba_version", "python_version", "error",
+    "device", "gpu_name", "threads", "memory_format", "observe", "cpu_model", "code_version", "code_commit", "code_dirty", "tecli_version", "torch_version", "torchvision_version", "numba_version", "python_version", "error",
 )  # fmt: skip
 EPOCH_FIELDS = (
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "te_seconds", "te_mean", "te_max",
+    "cpu_seconds", "observe_seconds", "source_fire_rate", "target_fire_rate", "te_positive_share", "factor_dev_mean",
+    "factor_dev_max",
 )  # fmt: skip
 
 
@@ -65,7 +67,7 @@ def list_runs(
 
 ATTEMPT_FIELDS = (
     "number", "first_epoch", "status", "started_at", "ended_at", "host", "pid", "device", "gpu_name", "threads",
-    "memory_format", "cpu_model", "code_version", "error",
+    "memory_format", "observe", "cpu_model", "code_version", "error",
 )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 probe's measures against the layers recomputed by hand, and observed runs that train exactly as
 unobserved ones (in process, through `tecli run`, and in a sweep)."""
 
+import json
 import math
 import subprocess
 import sys
@@ -217,6 +218,10 @@ def test_an_observed_run_records_its_layers_and_trains_as_the_unobserved_one(tmp
         seconds = session.scalars(select(Epoch.observe_seconds).order_by(Epoch.run_id, Epoch.epoch)).all()
         assert all(s > 0 for s in seconds[:2]) and seconds[2:] == [None, None]
     assert _epochs(db, runs[0].id) == _epochs(db, runs[1].id)  # bit for bit: floats compared exactly
+    shown = json.loads(invoke("runs", "show", runs[0].id, "--db", db, "--format", "json").output)
+    assert shown["observe"] == DEFAULT_PROBE and [a["observe"] for a in shown["attempts"]] == [DEFAULT_PROBE]
+    assert [e["observe_seconds"] > 0 for e in shown["epochs"]] == [True, True]
+    assert "observe" in invoke("runs", "show", runs[0].id, "--db", db).output
 
 
 @pytest.mark.parametrize(
