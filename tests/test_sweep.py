@@ -1,9 +1,11 @@
 """`tecli sweep` for real: tiny digits grids in worker processes, resume, kill -9, failures, bad files."""
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sweeps import TINY, children, count, invoke, sigterm_when_running, statuses, write
 
-from tecli.db.schema import Run, Sweep
-from tecli.db.store import open_database
+from tecli.db.schema import Run, RunStatus, Sweep
+from tecli.db.store import create_db_engine, open_database
 from tecli.errors import UserError
 from tecli.sweep.file import load_sweep
 
@@ -181,3 +183,28 @@ def test_a_sweep_is_a_library_call(tmp_path):
     assert [p.state for p in plan_sweep(sweep_file, db).planned] == ["done"] * 4
     with pytest.raises(UserError, match="--workers must be >= 1, got 0"):
         run_sweep(planned, workers=0)
+
+
+@pytest.mark.parametrize("name, runs", [("pilot", 9), ("explore", 390)])
+def test_the_committed_study_databases_hold_every_run_of_their_files(tmp_path, name, runs):
+    sweep = load_sweep(ROOT / f"experiments-{name}.toml")
+    copy = shutil.copy(ROOT / "reports" / f"study-{name}.db", tmp_path)  # opening it may add WAL files beside it
+    with Session(create_db_engine(copy)) as session:
+        recorded = dict(session.execute(select(Run.run_key, Run.status)).all())
+    assert len(sweep.runs) == runs
+    assert {spec.run_key(): RunStatus.COMPLETED for spec in sweep.runs} == recorded
+
+
+def test_the_confirmation_runs_the_exploration_settings_it_names():
+    """experiments-confirm.toml's TE variants are the exploration's selected ones (and the
+    permuted control of the first), each stopping at its data set's target."""
+    explored = {spec.variant: spec.te for spec in load_sweep(ROOT / "experiments-explore.toml").runs}
+    confirm = load_sweep(ROOT / "experiments-confirm.toml")
+    assert len(confirm.runs) == 150 and {spec.seed for spec in confirm.runs} == set(range(100, 110))
+    assert all(spec.stop_at == confirm.targets[spec.dataset]["target"] for spec in confirm.runs)
+    te = {spec.variant: spec.te for spec in confirm.runs if spec.te}
+    selected = "te-class(lam=16.0,mode=amplify,reach=backprop,threshold_out={})"
+    assert te["te-l16-amplify-backprop-uniform"] == explored[selected.format("uniform")]
+    assert te["te-l16-amplify-backprop-argmax"] == explored[selected.format("argmax")]
+    assert te["te-l16-amplify-backprop-uniform-permuted"] == replace(explored[selected.format("uniform")], permute=True)
+    assert {spec.lr for spec in confirm.runs if spec.variant == "baseline-lr-x2"} == {0.02}
