@@ -185,7 +185,7 @@ def test_a_sweep_is_a_library_call(tmp_path):
         run_sweep(planned, workers=0)
 
 
-@pytest.mark.parametrize("name, runs", [("pilot", 9), ("explore", 390)])
+@pytest.mark.parametrize("name, runs", [("pilot", 9), ("explore", 390), ("confirm", 150)])
 def test_the_committed_study_databases_hold_every_run_of_their_files(tmp_path, name, runs):
     sweep = load_sweep(ROOT / f"experiments-{name}.toml")
     copy = shutil.copy(ROOT / "reports" / f"study-{name}.db", tmp_path)  # opening it may add WAL files beside it
