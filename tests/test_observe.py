@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sweeps import TINY, invoke
 
+from tecli.checkpoint import dumps, loads
 from tecli.data import load_dataset
 from tecli.db.schema import Epoch, Observation, Run
 from tecli.db.store import open_database
@@ -195,6 +196,19 @@ def _epochs(db, run_id):
     with Session(open_database(db)) as session:
         rows = session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)).all()
         return [{c: getattr(row, c) for c in Epoch.__table__.columns.keys() if c not in TIMINGS} for row in rows]
+
+
+def test_a_resumed_observed_run_observes_as_the_straight_one():
+    """The probe is drawn from the run's seed, not from state: a Training resumed from a
+    checkpoint observes its later epochs exactly as the uninterrupted one does."""
+    data = load_dataset("digits")
+    spec = RunSpec(dataset="digits", seed=2, epochs=3, lr=0.05, te=TEConfig(window=128, refresh=4))
+    straight = [r.observed for r in train(spec, data, observe=64)]
+    first = train(spec, data, observe=64)
+    done = [next(iter(first)).observed]
+    second = train(spec, data, observe=64)
+    second.load_state_dict(loads(dumps(first.state_dict())))
+    assert [*done, *(r.observed for r in second)] == straight and len(straight) == 3
 
 
 @pytest.mark.parametrize("te", [False, True], ids=["baseline", "te"])
