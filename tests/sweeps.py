@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tecli.cli import app
-from tecli.db.schema import Run
+from tecli.db.schema import Epoch, Run
 from tecli.db.store import create_db_engine, open_database
 
 TINY = """
@@ -66,6 +66,17 @@ def count(db, status) -> int:
         with Session(create_db_engine(db)) as session:
             return session.scalar(select(func.count()).select_from(Run).where(Run.status == status))
     except DBAPIError:  # no schema yet
+        return 0
+
+
+def running_before(db, epochs: int) -> int:
+    """Running runs that have recorded fewer than `epochs` epochs: far enough from their
+    end that a stop sent now finds them training; 0 while the database has no schema."""
+    done = select(func.count()).select_from(Epoch).where(Epoch.run_id == Run.id).scalar_subquery()
+    try:
+        with Session(create_db_engine(db)) as session:
+            return session.scalar(select(func.count()).select_from(Run).where(Run.status == "running", done < epochs))
+    except DBAPIError:
         return 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sweeps import TINY, children, count, invoke, sigterm_when_running, statuses, write
+from sweeps import TINY, children, count, invoke, running_before, sigterm_when_running, statuses, write
 
 from tecli.db.schema import Run, RunStatus, Sweep
 from tecli.db.store import create_db_engine, open_database
@@ -84,7 +84,7 @@ def test_sweep_killed_with_sigkill_resumes_to_one_completed_run_per_key(tmp_path
     command = [sys.executable, "-m", "tecli", "sweep", str(sweep_file), "--workers", "2", "--db", str(db)]
     sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
-    while count(db, "completed") < 1 or count(db, "running") < 1:
+    while count(db, "completed") < 1 or running_before(db, 10) < 1:  # a run just claimed, not one about to end
         assert sweep.poll() is None and time.monotonic() < deadline, "sweep ended before it could be killed"
         time.sleep(0.1)
     workers = children(sweep.pid)
