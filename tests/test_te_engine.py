@@ -104,10 +104,11 @@ def test_bool_and_integer_inputs_agree():
 
 
 @pytest.mark.parametrize("delay", [0, 1, 2])
-def test_matrix_equals_pairs_equals_single(delay):
+@pytest.mark.parametrize("length", [130, 300, 1000, 4097])  # 3, 5, 16 and 65 words: the 4-word passes and the rest
+def test_matrix_equals_pairs_equals_single(delay, length):
     rng = np.random.default_rng(11)
-    sources = rng.integers(0, 2, (7, 130))
-    targets = rng.integers(0, 2, (5, 130))
+    sources = rng.integers(0, 2, (7, length))
+    targets = rng.integers(0, 2, (5, length))
     targets[2] = np.roll(sources[4], 1)
     matrix = transfer_entropy_pairs(sources, targets, delay=delay)
     assert matrix.shape == (5, 7)

@@ -231,7 +231,17 @@ def _matrix_rows(tgt, size, y, delay, c_words, source, klogk, lo, hi, out):
         acc_ac[:] = 0
         acc_bc[:] = 0
         acc_abc[:] = 0
-        for w in range(c_words.shape[0]):
+        n_words = c_words.shape[0]
+        for w in range(0, n_words - 3, 4):  # 4 words a pass: a quarter of the accumulator loads and stores
+            a0, a1, a2, a3 = a[0, w], a[0, w + 1], a[0, w + 2], a[0, w + 3]
+            b0, b1, b2, b3 = b[0, w], b[0, w + 1], b[0, w + 2], b[0, w + 3]
+            ab0, ab1, ab2, ab3 = ab[0, w], ab[0, w + 1], ab[0, w + 2], ab[0, w + 3]
+            for i in range(n_src):
+                c0, c1, c2, c3 = c_words[w, i], c_words[w + 1, i], c_words[w + 2, i], c_words[w + 3, i]
+                acc_ac[i] += _popcount(a0 & c0) + _popcount(a1 & c1) + _popcount(a2 & c2) + _popcount(a3 & c3)
+                acc_bc[i] += _popcount(b0 & c0) + _popcount(b1 & c1) + _popcount(b2 & c2) + _popcount(b3 & c3)
+                acc_abc[i] += _popcount(ab0 & c0) + _popcount(ab1 & c1) + _popcount(ab2 & c2) + _popcount(ab3 & c3)
+        for w in range(n_words - n_words % 4, n_words):
             aw, bw, abw = a[0, w], b[0, w], ab[0, w]
             for i in range(n_src):
                 cw = c_words[w, i]
