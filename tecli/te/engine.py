@@ -26,8 +26,9 @@ O((n_src + n_tgt) * N / 64).  One kernel call does all of it, from the raw array
    and no pair needs a horizontal sum; for a list of pairs it goes pair by pair.
 
 Counts are additive over disjoint sets of triples, which is what
-`tecli.te.window.SlidingPairTE` uses to slide a window over a stream of mini-batches;
-it asks the pairs kernel for counts (`count_triples`) instead of TE.
+`tecli.te.window.SlidingPairTE` uses to slide a window over a stream of mini-batches:
+`replace_counts` counts a new block into the ring slot of the oldest and moves the
+window's totals by the difference, in one pass.
 """
 
 from __future__ import annotations
@@ -327,32 +328,37 @@ def _target_streams(tgt, size, y, h, n, klogk, a, b, ab, target, parts, lo, hi):
     return bad
 
 
+@nb.njit(inline="always")
+def _pair_counts(a, b, ab, c, i, j):
+    """#(a&c), #(b&c), #(a&b&c) of source i and target j (unsigned indices: no
+    negative-index checks in the word loop)."""
+    i, j = np.uint64(i), np.uint64(j)
+    if c.shape[1] == 1:  # a block of at most 64 samples (a mini-batch): the word loop's set-up would cost more than its word
+        cw = c[i, 0]
+        return _popcount(a[j, 0] & cw), _popcount(b[j, 0] & cw), _popcount(ab[j, 0] & cw)
+    ac = 0
+    bc = 0
+    abc = 0
+    for w in range(np.uint64(c.shape[1])):
+        cw = c[i, w]
+        ac += _popcount(a[j, w] & cw)
+        bc += _popcount(b[j, w] & cw)
+        abc += _popcount(ab[j, w] & cw)
+    return ac, bc, abc
+
+
 @nb.njit(cache=True)
-def _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te, counts):
-    """Pairs lo..hi-1: their TE into te when it is not empty, else their counts into counts.
-    (Unsigned indices: no negative-index checks in the word loop.)"""
+def _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te):
+    """The TE of pairs lo..hi-1 into te."""
     for p in range(lo, hi):
-        i, j = np.uint64(pairs[p, 0]), np.uint64(pairs[p, 1])
-        ac = 0
-        bc = 0
-        abc = 0
-        for w in range(np.uint64(c.shape[1])):
-            cw = c[i, w]
-            ac += _popcount(a[j, w] & cw)
-            bc += _popcount(b[j, w] & cw)
-            abc += _popcount(ab[j, w] & cw)
-        if te.shape[0]:
-            te[p] = _te(n, target[j, 0], target[j, 1], target[j, 2], parts[j], source[i], ac, bc, abc, klogk)
-        else:
-            counts[p, 0] = ac
-            counts[p, 1] = bc
-            counts[p, 2] = abc
+        i, j = pairs[p, 0], pairs[p, 1]
+        ac, bc, abc = _pair_counts(a, b, ab, c, i, j)
+        te[p] = _te(n, target[j, 0], target[j, 1], target[j, 2], parts[j], source[i], ac, bc, abc, klogk)
 
 
 @nb.njit(cache=True)
-def _pairs_serial(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, counts, n_blocks):
-    """TE of the pairs into te, or (te empty) their counts into counts; returns the
-    target and source counts."""
+def _pairs_serial(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, n_blocks):
+    """TE of the pairs into te."""
     length = src.shape[1] // src_size
     x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
     h = max(1, delay)
@@ -365,15 +371,15 @@ def _pairs_serial(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, counts,
         lo, hi = _block(tgt.shape[0], n_blocks, k)
         bad_tgt += _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, lo, hi) != _ZERO
     if bad_src or bad_tgt:
-        return target, source, bad_src > 0, bad_tgt > 0
+        return bad_src > 0, bad_tgt > 0
     for k in range(n_blocks):
         lo, hi = _block(pairs.shape[0], n_blocks, k)
-        _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te, counts)
-    return target, source, False, False
+        _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te)
+    return False, False
 
 
 @nb.njit(cache=True, parallel=True)
-def _pairs_parallel(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, counts, n_blocks):
+def _pairs_parallel(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, n_blocks):
     length = src.shape[1] // src_size
     x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
     h = max(1, delay)
@@ -386,11 +392,48 @@ def _pairs_parallel(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, count
         lo, hi = _block(tgt.shape[0], n_blocks, k)
         bad_tgt += _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, lo, hi) != _ZERO
     if bad_src or bad_tgt:
-        return target, source, bad_src > 0, bad_tgt > 0
+        return bad_src > 0, bad_tgt > 0
     for k in nb.prange(n_blocks):
         lo, hi = _block(pairs.shape[0], n_blocks, k)
-        _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te, counts)
-    return target, source, False, False
+        _pair_range(n, a, b, ab, target, parts, c, source, pairs, klogk, lo, hi, te)
+    return False, False
+
+
+@nb.njit(cache=True)
+def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair):
+    """The pairs' loop of `_pairs_replace`, a function of its own: in the kernel's body its
+    loop kept its strides on the stack, twice as slow."""
+    for p in range(pairs.shape[0]):
+        ac, bc, abc = _pair_counts(a, b, ab, c, pairs[p, 0], pairs[p, 1])
+        total_pair[p, 0] += ac - slot_pair[p, 0]
+        total_pair[p, 1] += bc - slot_pair[p, 1]
+        total_pair[p, 2] += abc - slot_pair[p, 2]
+        slot_pair[p, 0], slot_pair[p, 1], slot_pair[p, 2] = ac, bc, abc
+
+
+@nb.njit(cache=True)
+def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_target, slot_source, slot_pair,
+                   total_target, total_source, total_pair):  # fmt: skip
+    """Count the triples into the slot arrays, whose counts they replace, and move the
+    totals by the difference (total += new - old), in one pass with no counts array.
+    Returns the number of ones among the sources' c and the targets' a, and the flags."""
+    length = src.shape[1] // src_size
+    x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
+    h = max(1, delay)
+    n = length - h
+    bad_src = _source_streams(src, src_size, x, h - delay, n, c, source, 0, src.shape[0]) != _ZERO
+    bad_tgt = _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, 0, tgt.shape[0]) != _ZERO
+    if bad_src or bad_tgt:
+        return 0, 0, bad_src, bad_tgt
+    _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair)
+    for j in range(target.shape[0]):
+        for k in range(3):
+            total_target[j, k] += target[j, k] - slot_target[j, k]
+            slot_target[j, k] = target[j, k]
+    for i in range(source.shape[0]):
+        total_source[i] += source[i] - slot_source[i]
+        slot_source[i] = source[i]
+    return source.sum(), target[:, 0].sum(), False, False
 
 
 # ---------------------------------------------------------------- the Python side
@@ -431,27 +474,28 @@ def _kernel(serial, parallel, work: int):
     return parallel, nb.get_num_threads()
 
 
-def _run_pairs(src, tgt, delay: int, pairs: np.ndarray, te: np.ndarray, counts: np.ndarray, names):
-    """The pairs kernel on `binary_view`s, serial below PARALLEL_MIN_WORK; returns the
-    target and source counts."""
-    work = len(pairs) * ((src.shape[1] + 63) // 64 + (TE_WORK if len(te) else 0))
+def _run_pairs(src, tgt, delay: int, pairs: np.ndarray, te: np.ndarray, names) -> None:
+    """The TE of checked pairs of `binary_view`s into te, serial below PARALLEL_MIN_WORK."""
+    work = len(pairs) * ((src.shape[1] + 63) // 64 + TE_WORK)
     kernel, n_blocks = _kernel(_pairs_serial, _pairs_parallel, work)
-    target, source, bad_src, bad_tgt = kernel(
-        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(src.shape[1]), te, counts, n_blocks
-    )
+    bad_src, bad_tgt = kernel(*as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(src.shape[1]), te, n_blocks)
     _check_values(bad_src, bad_tgt, names)
-    return target, source
 
 
-_NO_TE = np.zeros(0, np.float64)
-_NO_COUNTS = np.zeros((0, 3), np.int64)
-
-
-def count_triples(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: int) -> TripleCounts:
-    """TripleCounts of `binary_view`s sources and targets (T > h samples) for checked pairs."""
-    counts = np.empty((len(pairs), 3), np.int64)
-    target, source = _run_pairs(src, tgt, delay, pairs, _NO_TE, counts, ("sources", "targets"))
-    return TripleCounts(src.shape[1] - history(delay), target, source, counts)
+def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: int, slot: TripleCounts,
+                   total: TripleCounts) -> tuple[int, int]:  # fmt: skip
+    """Count the triples of `binary_view`s sources and targets (T > h samples) for checked
+    pairs into `slot`'s arrays, replacing the counts there, and move `total`'s arrays by
+    the difference: what a sliding window does with a new block, without a counts array
+    or a second pass (their n fields are the caller's).  Returns the number of ones among
+    the counted c of the sources and a of the targets."""
+    n = src.shape[1] - history(delay)
+    source_ones, target_ones, bad_src, bad_tgt = _pairs_replace(
+        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(n),
+        slot.target, slot.source, slot.pair, total.target, total.source, total.pair,
+    )  # fmt: skip
+    _check_values(bad_src, bad_tgt, ("sources", "targets"))
+    return int(source_ones), int(target_ones)
 
 
 def te_from_counts(counts: TripleCounts, pairs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -513,7 +557,7 @@ def transfer_entropy_pairs(sources, targets, pairs=None, delay: int = 1) -> np.n
     if pairs is not None:
         checked = check_pairs(pairs, len(src), len(tgt))
         te = np.empty(len(checked), np.float64)
-        _run_pairs(src, tgt, delay, checked, te, _NO_COUNTS, names)
+        _run_pairs(src, tgt, delay, checked, te, names)
         return te
     work = len(src) * len(tgt) * ((src.shape[1] + 63) // 64 + TE_WORK)
     kernel, n_blocks = _kernel(_matrix_serial, _matrix_parallel, work)
@@ -530,5 +574,5 @@ def transfer_entropy(source, target, delay: int = 1) -> float:
     names = ("source", "target")
     src, tgt, delay = _checked_pair(source, target, delay, 1, names)
     te = np.empty(1, np.float64)
-    _run_pairs(src, tgt, delay, _ONE_PAIR, te, _NO_COUNTS, names)
+    _run_pairs(src, tgt, delay, _ONE_PAIR, te, names)
     return float(te[0])

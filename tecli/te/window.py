@@ -15,18 +15,9 @@ pushed blocks are not consecutive samples).
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
 from tecli.te import engine, packing
-
-
-@nb.njit(cache=True)
-def _advance(total, slot, new):
-    """total += new - slot; slot = new: a block replaces the oldest in the window's sums."""
-    for k in range(total.shape[0]):
-        total[k] += new[k] - slot[k]
-        slot[k] = new[k]
 
 
 class SlidingPairTE:
@@ -45,9 +36,11 @@ class SlidingPairTE:
         self._h = engine.history(self.delay)
         k, p = self.window_blocks, len(self.pairs)
         self._ring_n = np.zeros(k, np.int64)
-        self._ring_target = np.zeros((k, n_targets, 3), np.int64)
-        self._ring_source = np.zeros((k, n_sources), np.int64)
-        self._ring_pair = np.zeros((k, p, 3), np.int64)
+        # Counts in int32: a block's are at most its samples and a window's at most the
+        # training set's, and half the bytes of int64 keep the ring in cache beside torch.
+        self._ring_target = np.zeros((k, n_targets, 3), np.int32)
+        self._ring_source = np.zeros((k, n_sources), np.int32)
+        self._ring_pair = np.zeros((k, p, 3), np.int32)
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # samples -> block() buffers
         # Every triple counted since the window was made, summed over its neurons: triples,
         # source ones (c) and target ones (a); the feedback's fire rates come from these.
@@ -60,9 +53,9 @@ class SlidingPairTE:
             ring[...] = 0
         self._total = engine.TripleCounts(
             0,
-            np.zeros((self.n_targets, 3), np.int64),
-            np.zeros(self.n_sources, np.int64),
-            np.zeros((len(self.pairs), 3), np.int64),
+            np.zeros((self.n_targets, 3), np.int32),
+            np.zeros(self.n_sources, np.int32),
+            np.zeros((len(self.pairs), 3), np.int32),
         )
         self._slot = 0
         self._carry_src = np.zeros((self.n_sources, 0), np.uint8)
@@ -117,19 +110,14 @@ class SlidingPairTE:
             packing.pack_binary(tgt, "targets")
             self._keep_carry(src, tgt)
             return
-        counts = engine.count_triples(src, tgt, self.pairs, self.delay)  # checks the values too
-        self.counted += (counts.n, counts.source.sum(), counts.target[:, 0].sum())
-        self._keep_carry(src, tgt)
         s = self._slot
-        total = self._total
-        for ring, running, new in (
-            (self._ring_target, total.target, counts.target),
-            (self._ring_source, total.source, counts.source),
-            (self._ring_pair, total.pair, counts.pair),
-        ):
-            _advance(running.reshape(-1), ring[s].reshape(-1), new.reshape(-1))
-        self._total = total._replace(n=total.n - self._ring_n[s] + counts.n)
-        self._ring_n[s] = counts.n
+        slot = engine.TripleCounts(0, self._ring_target[s], self._ring_source[s], self._ring_pair[s])
+        n = tgt.shape[1] - self._h
+        source_ones, target_ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, self._total)  # checks the values too
+        self.counted += (n, source_ones, target_ones)
+        self._keep_carry(src, tgt)
+        self._total = self._total._replace(n=self._total.n - int(self._ring_n[s]) + n)
+        self._ring_n[s] = n
         self._slot = (s + 1) % self.window_blocks
 
     def _keep_carry(self, src: np.ndarray, tgt: np.ndarray) -> None:
@@ -162,9 +150,9 @@ class SlidingPairTE:
             ring[...] = state[name]
         self._total = engine.TripleCounts(
             int(state["total_n"]),
-            np.array(state["total_target"], np.int64),
-            np.array(state["total_source"], np.int64),
-            np.array(state["total_pair"], np.int64),
+            np.array(state["total_target"], np.int32),
+            np.array(state["total_source"], np.int32),
+            np.array(state["total_pair"], np.int32),
         )
         self._slot = int(state["slot"])
         self._carry_src = np.array(state["carry_src"], np.uint8)
