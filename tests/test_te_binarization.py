@@ -78,6 +78,20 @@ def test_uniform_fires_the_classes_above_one_over_classes(digits, samples, devic
     assert expected.any(axis=1).all() and not expected.all()  # neither empty nor everything
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_number_thresholds_fire_above_them(digits, layer, device):
+    config = TEConfig(refresh=1, threshold=0.25, threshold_out=0.1, layers=(layer,))
+    sources, targets, src, out = capture_blocks(digits, config, 50, device)
+    assert np.array_equal(sources, src > np.float32(0.25)) and sources.any() and not sources.all()
+    if layer == -1:  # the class layer: its softmax probability against 0.1
+        exp = np.exp(out - out.max(axis=1, keepdims=True))
+        expected = exp / exp.sum(axis=1, keepdims=True) > 0.1
+    else:  # a hidden target: its ReLU output against 0.25
+        expected = np.maximum(out, 0.0) > 0.25
+    assert np.array_equal(targets, expected) and expected.any() and not expected.all()
+
+
 @pytest.mark.parametrize("samples", [50, 51])  # the lower median of an even batch, the middle of an odd one
 @pytest.mark.parametrize("layer", [-1, -2])
 @pytest.mark.parametrize("device", DEVICES)

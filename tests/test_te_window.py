@@ -89,7 +89,8 @@ def test_block_values_are_checked_before_the_window_changes():
 @pytest.mark.parametrize("block", [1, 2, 5, 64])
 def test_blocks_written_in_place_count_as_pushed_ones(delay, block):
     """block() + push_block() (the training feedback's route) keeps the window's state
-    exactly as push() does, across resets and a last, shorter block."""
+    exactly as push() does, across resets and a last, shorter block; the TE it reads in
+    the same pass when asked (push_block(te)) is the window's te()."""
     rng = np.random.default_rng(10 * block + delay)
     n_src, n_tgt = 5, 3
     pairs = np.array([[0, 0], [4, 2], [1, 1], [3, 0]])
@@ -103,9 +104,11 @@ def test_blocks_written_in_place_count_as_pushed_ones(delay, block):
         pushed.push(sources, targets)
         src_view, tgt_view = written.block(size)
         src_view[...], tgt_view[...] = sources, targets
-        written.push_block()
+        read = np.full(len(pairs), np.nan)
+        written.push_block(read)
         assert written.samples == pushed.samples
         np.testing.assert_array_equal(written.te(), pushed.te())
+        np.testing.assert_array_equal(read, pushed.te())
         np.testing.assert_array_equal(written.counted, pushed.counted)
         for name, value in pushed.state_dict().items():
             np.testing.assert_array_equal(written.state_dict()[name], value, err_msg=name)

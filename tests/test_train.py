@@ -162,7 +162,7 @@ def test_capture_schedule_and_refresh_use_exactly_the_window_before_each_refresh
     last.register_forward_hook(lambda m, i, o: seen.append((i[0].detach() > 0, torch.softmax(o.detach(), 1) > 0.1)))
     real_push = slot.window.push_block
     batch = [None]
-    slot.window.push_block = lambda: (pushed.append(batch[0]), real_push())
+    slot.window.push_block = lambda te=None: (pushed.append(batch[0]), real_push(te))
     refreshed = {}
     for b in range(10):
         batch[0] = b

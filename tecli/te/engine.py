@@ -413,10 +413,12 @@ def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair):
 
 @nb.njit(cache=True)
 def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_target, slot_source, slot_pair,
-                   total_target, total_source, total_pair):  # fmt: skip
+                   n_total, total_target, total_source, total_pair, te):  # fmt: skip
     """Count the triples into the slot arrays, whose counts they replace, and move the
-    totals by the difference (total += new - old), in one pass with no counts array.
-    Returns the number of ones among the sources' c and the targets' a, and the flags."""
+    totals (over n_total triples once moved) by the difference, in one pass with no
+    counts array; with te not empty, then the pairs' TE over the totals (a second loop:
+    in the first it cost more).  Returns the number of ones among the sources' c and the
+    targets' a, and the flags."""
     length = src.shape[1] // src_size
     x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
     h = max(1, delay)
@@ -425,7 +427,6 @@ def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_targe
     bad_tgt = _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, 0, tgt.shape[0]) != _ZERO
     if bad_src or bad_tgt:
         return 0, 0, bad_src, bad_tgt
-    _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair)
     for j in range(target.shape[0]):
         for k in range(3):
             total_target[j, k] += target[j, k] - slot_target[j, k]
@@ -433,6 +434,9 @@ def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_targe
     for i in range(source.shape[0]):
         total_source[i] += source[i] - slot_source[i]
         slot_source[i] = source[i]
+    _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair)
+    if te.shape[0]:
+        _te_from_counts(n_total, total_target, total_source, total_pair, pairs, klogk, te)
     return source.sum(), target[:, 0].sum(), False, False
 
 
@@ -483,19 +487,25 @@ def _run_pairs(src, tgt, delay: int, pairs: np.ndarray, te: np.ndarray, names) -
 
 
 def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: int, slot: TripleCounts,
-                   total: TripleCounts) -> tuple[int, int]:  # fmt: skip
+                   total: TripleCounts, te: np.ndarray | None = None) -> tuple[int, int]:  # fmt: skip
     """Count the triples of `binary_view`s sources and targets (T > h samples) for checked
     pairs into `slot`'s arrays, replacing the counts there, and move `total`'s arrays by
     the difference: what a sliding window does with a new block, without a counts array
-    or a second pass (their n fields are the caller's).  Returns the number of ones among
-    the counted c of the sources and a of the targets."""
+    or a second pass.  total.n is the number of triples once moved (slot.n is not read).
+    With `te` (float64, (P,)), the pairs' TE over the moved totals goes there, from the
+    same pass.  Returns the number of ones among the counted c of the sources and a of
+    the targets."""
     n = src.shape[1] - history(delay)
     source_ones, target_ones, bad_src, bad_tgt = _pairs_replace(
-        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(n),
-        slot.target, slot.source, slot.pair, total.target, total.source, total.pair,
+        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(max(n, total.n)),
+        slot.target, slot.source, slot.pair, total.n, total.target, total.source, total.pair,
+        _NO_TE if te is None else te,
     )  # fmt: skip
     _check_values(bad_src, bad_tgt, ("sources", "targets"))
     return int(source_ones), int(target_ones)
+
+
+_NO_TE = np.zeros(0, np.float64)
 
 
 def te_from_counts(counts: TripleCounts, pairs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

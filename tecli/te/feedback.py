@@ -67,20 +67,32 @@ def fill_block(block: np.ndarray, active: torch.Tensor, packed: bool) -> None:
 
 
 def _fired(values: torch.Tensor, threshold: float | str) -> torch.Tensor:
-    """(batch, n) ReLU outputs -> fired: > g, or for "median" > the neuron's median over the
+    """(batch, n) values -> fired: > g, or for "median" > the neuron's median over the
     batch (torch.median: the lower median for an even batch)."""
     if threshold == "median":
         return values > values.median(dim=0).values
     return values > threshold
 
 
-def _class_fired(logits: torch.Tensor, threshold: float | str) -> torch.Tensor:
-    """(batch, classes) logits -> fired: the predicted class ("argmax"), or a softmax
-    probability > g ("uniform": g = 1 / classes)."""
-    if threshold == "argmax":
-        return nn.functional.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()
-    g = 1 / logits.shape[1] if threshold == "uniform" else threshold
-    return torch.softmax(logits, dim=1) > g
+def capture(block: np.ndarray, values: torch.Tensor, threshold: float | str, class_layer: bool = False) -> None:
+    """Binarize (batch, n) values into the window's (n, batch) uint8 block.
+
+    Hidden layers: `values` are ReLU outputs and `threshold` is g or "median". The class
+    layer: `values` are logits; a class fires when its softmax probability > g, > 1/classes
+    ("uniform"), or when it is the predicted class ("argmax": torch.argmax, the first on
+    ties). On the CPU a number threshold compares in NumPy straight into the block (no
+    bool tensor, no transposing copy: a third of the time), float32 against float32 as
+    torch compares, so the bits are the same.
+    """
+    if class_layer and threshold == "argmax":
+        fired = nn.functional.one_hot(values.argmax(dim=1), values.shape[1]).bool()
+        return fill_block(block, fired, packed=values.is_cuda)
+    if class_layer:
+        values = torch.softmax(values, dim=1)
+        threshold = 1 / values.shape[1] if threshold == "uniform" else threshold
+    if values.is_cuda or threshold == "median":
+        return fill_block(block, _fired(values, threshold), packed=values.is_cuda)
+    np.greater(values.numpy().T, np.float32(threshold), out=block.view(np.bool_))
 
 
 @nb.njit(cache=True)
@@ -113,6 +125,7 @@ class _Slot:
     factor: torch.Tensor  # (n_out, n_in), ones outside the chosen pairs
     factor_host: np.ndarray  # its values on the host: a view of it on the CPU, else a copy sent at each refresh
     te: np.ndarray  # TE of the chosen pairs at the last refresh
+    te_read: bool = False  # te already holds this batch's window: read in the push before a refresh
 
 
 class _Diagnostics:
@@ -215,15 +228,15 @@ class TEFeedback:
             start = time.perf_counter()
             out = output.detach()
             g = self.config.threshold
-            if slot.is_class_layer:
-                fired = _class_fired(out, self.config.threshold_out)
-            else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
-                fired = _fired(out if g != "median" and g >= 0 else torch.relu(out), g)
-            packed = out.is_cuda
             sources, targets = slot.window.block(out.shape[0])
-            fill_block(sources, _fired(inputs[0].detach(), g), packed)
-            fill_block(targets, fired, packed)
-            slot.window.push_block()
+            capture(sources, inputs[0].detach(), g)
+            if slot.is_class_layer:
+                capture(targets, out, self.config.threshold_out, class_layer=True)
+            else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
+                capture(targets, out if g != "median" and g >= 0 else torch.relu(out), g)
+            due = (self._batch + 1) % self.config.refresh == 0  # after_backward refreshes this batch
+            slot.window.push_block(slot.te if due else None)
+            slot.te_read = due
             self.seconds += time.perf_counter() - start
 
         return hook
@@ -254,7 +267,9 @@ class TEFeedback:
         the same order for the diagnostics, on shuffled connections."""
         scale = self.config.lam if self.config.mode == "amplify" else -self.config.lam
         for slot in self._slots:
-            slot.window.te(out=slot.te)
+            if not slot.te_read:
+                slot.window.te(out=slot.te)
+            slot.te_read = False
             index = slot.flat_index[self.rng.permutation(len(slot.te))] if self.config.permute else slot.flat_index
             positive, dev_sum, dev_max = _set_factors(slot.te, index, scale, slot.factor_host)
             if slot.factor.device.type != "cpu":

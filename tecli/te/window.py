@@ -80,19 +80,21 @@ class SlidingPairTE:
         self._pending = samples
         return src[:, self._h :], tgt[:, self._h :]
 
-    def push_block(self) -> None:
+    def push_block(self, te: np.ndarray | None = None) -> None:
         """Push the block written into block()'s views (same result as push() of it)."""
         src, tgt = self._buffers[self._pending]
         h, carried = self._h, self._carry_src.shape[1]
         if carried == h:  # the usual case: the carried samples go in front, no copy of the block
             src[:, :h] = self._carry_src
             tgt[:, :h] = self._carry_tgt
-            self._push_joined(src, tgt)
+            self._push_joined(src, tgt, te)
         else:  # a new stream: fewer samples carried than the buffer has room for
-            self.push(src[:, h:], tgt[:, h:])
+            self.push(src[:, h:], tgt[:, h:], te)
 
-    def push(self, sources, targets) -> None:
-        """Append one block: sources (n_src, B) and targets (n_tgt, B), binary, in sample order."""
+    def push(self, sources, targets, te: np.ndarray | None = None) -> None:
+        """Append one block: sources (n_src, B) and targets (n_tgt, B), binary, in sample order.
+        With `te` (float64, (P,)), the pairs' TE over the window with this block goes there,
+        as te(te) would write it, read in the same pass as the block's counts."""
         src = packing.binary_view(sources, "sources", 2)
         tgt = packing.binary_view(targets, "targets", 2)
         if src.shape != (self.n_sources, tgt.shape[1]) or tgt.shape[0] != self.n_targets:
@@ -100,23 +102,26 @@ class SlidingPairTE:
                 f"block shapes {src.shape} and {tgt.shape} do not match "
                 f"({self.n_sources}, B) and ({self.n_targets}, B)"
             )
-        self._push_joined(np.concatenate([self._carry_src, src], axis=1), np.concatenate([self._carry_tgt, tgt], axis=1))
+        self._push_joined(np.concatenate([self._carry_src, src], axis=1), np.concatenate([self._carry_tgt, tgt], axis=1), te)
 
-    def _push_joined(self, src: np.ndarray, tgt: np.ndarray) -> None:
+    def _push_joined(self, src: np.ndarray, tgt: np.ndarray, te: np.ndarray | None) -> None:
         """Count the triples of the carried samples followed by the block (C-contiguous
         integer arrays) into the ring, and carry the block's last samples."""
         if tgt.shape[1] <= self._h:  # not one full triple yet: the samples wait in the carry
             packing.pack_binary(src, "sources")  # (packed only to check their values)
             packing.pack_binary(tgt, "targets")
             self._keep_carry(src, tgt)
+            if te is not None:
+                self.te(te)
             return
         s = self._slot
         slot = engine.TripleCounts(0, self._ring_target[s], self._ring_source[s], self._ring_pair[s])
         n = tgt.shape[1] - self._h
-        source_ones, target_ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, self._total)  # checks the values too
+        total = self._total._replace(n=self._total.n - int(self._ring_n[s]) + n)
+        source_ones, target_ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, total, te)  # checks the values too
         self.counted += (n, source_ones, target_ones)
         self._keep_carry(src, tgt)
-        self._total = self._total._replace(n=self._total.n - int(self._ring_n[s]) + n)
+        self._total = total
         self._ring_n[s] = n
         self._slot = (s + 1) % self.window_blocks
 
