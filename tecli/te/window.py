@@ -28,7 +28,8 @@ class SlidingPairTE:
             raise ValueError(f"window_blocks must be >= 1, got {window_blocks}")
         if delay < 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
-        self.pairs = engine.check_pairs(pairs, n_sources, n_targets)
+        # int32 indices: half the bytes a push streams through the cache beside torch's
+        self.pairs = engine.check_pairs(pairs, n_sources, n_targets).astype(np.int32)
         self.n_sources = n_sources
         self.n_targets = n_targets
         self.delay = int(delay)
@@ -41,7 +42,7 @@ class SlidingPairTE:
         self._ring_target = np.zeros((k, n_targets, 3), np.int32)
         self._ring_source = np.zeros((k, n_sources), np.int32)
         self._ring_pair = np.zeros((k, p, 3), np.int32)
-        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # samples -> block() buffers
+        self._buffers: dict[int, tuple[np.ndarray, ...]] = {}  # samples -> block() buffers and their views
         # Every triple counted since the window was made, summed over its neurons: triples,
         # source ones (c) and target ones (a); the feedback's fire rates come from these.
         self.counted = np.zeros(3, np.int64)
@@ -72,17 +73,15 @@ class SlidingPairTE:
         fills them straight from its tensors, sparing push() its checks and copies."""
         if samples not in self._buffers:
             h = self._h
-            self._buffers[samples] = (
-                np.zeros((self.n_sources, h + samples), np.uint8),
-                np.zeros((self.n_targets, h + samples), np.uint8),
-            )
-        src, tgt = self._buffers[samples]
+            src = np.zeros((self.n_sources, h + samples), np.uint8)
+            tgt = np.zeros((self.n_targets, h + samples), np.uint8)
+            self._buffers[samples] = (src, tgt, src[:, h:], tgt[:, h:])
         self._pending = samples
-        return src[:, self._h :], tgt[:, self._h :]
+        return self._buffers[samples][2:]
 
     def push_block(self, te: np.ndarray | None = None) -> None:
         """Push the block written into block()'s views (same result as push() of it)."""
-        src, tgt = self._buffers[self._pending]
+        src, tgt, _, _ = self._buffers[self._pending]
         h, carried = self._h, self._carry_src.shape[1]
         if carried == h:  # the usual case: the carried samples go in front, no copy of the block
             src[:, :h] = self._carry_src
@@ -119,15 +118,23 @@ class SlidingPairTE:
         n = tgt.shape[1] - self._h
         total = self._total._replace(n=self._total.n - int(self._ring_n[s]) + n)
         source_ones, target_ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, total, te)  # checks the values too
-        self.counted += (n, source_ones, target_ones)
+        counted = self.counted
+        counted[0] += n
+        counted[1] += source_ones
+        counted[2] += target_ones
         self._keep_carry(src, tgt)
         self._total = total
         self._ring_n[s] = n
         self._slot = (s + 1) % self.window_blocks
 
     def _keep_carry(self, src: np.ndarray, tgt: np.ndarray) -> None:
-        self._carry_src = src[:, -self._h :].astype(np.uint8)
-        self._carry_tgt = tgt[:, -self._h :].astype(np.uint8)
+        h = self._h
+        if self._carry_src.shape[1] == h and src.shape[1] >= h:  # in place: no new arrays
+            self._carry_src[...] = src[:, -h:]
+            self._carry_tgt[...] = tgt[:, -h:]
+        else:
+            self._carry_src = src[:, -h:].astype(np.uint8)
+            self._carry_tgt = tgt[:, -h:].astype(np.uint8)
 
     def te(self, out: np.ndarray | None = None) -> np.ndarray:
         """(P,) TE in bits of each pair over the current window (zeros while empty), into
