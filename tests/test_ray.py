@@ -119,6 +119,12 @@ def test_ray_sweep_epoch_rows_equal_the_local_executor_s(db_url, ray_cluster, lo
         plan.engine.dispose()
     assert result.counts() == {"completed": 4} and not result.interrupted
     assert [e.kind for e in events].count("epoch") == 8
+    running, most = set(), 0  # never more runs at once than the cluster's 2 CPUs hold
+    for event in events:
+        if event.kind in ("started", "finished"):
+            (running.add if event.kind == "started" else running.discard)(event.index)
+            most = max(most, len(running))
+    assert most == 2
 
     assert epoch_rows(db_url) == local
     engine = open_database(db_url)
@@ -130,6 +136,7 @@ def test_ray_sweep_epoch_rows_equal_the_local_executor_s(db_url, ray_cluster, lo
             )
             assert {(r.device, r.gpu_name, r.threads) for r in runs} == {("cpu", None, 1)}
             assert all(r.pid != os.getpid() for r in runs)  # trained by Ray's workers, not here
+            assert len({r.pid for r in runs}) <= 2  # in 2 warm worker processes, run after run
             assert [[(a.status, a.threads) for a in r.attempts] for r in runs] == [[("completed", 1)]] * 4
     finally:
         engine.dispose()

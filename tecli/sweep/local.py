@@ -314,6 +314,9 @@ def _serve(tasks, events, parent_pid: int, ping: float, datasets: set[str] | Non
     if datasets is not None:  # spawned: nothing inherited
         _preload(datasets)
         _warm_up()
+    # What is loaded now stays for the worker's life: out of the collections, the one after
+    # each run scans only that run's objects (about 9 ms instead of 60-90 ms with torch).
+    gc.freeze()
     while os.getppid() == parent_pid:  # else the sweep died while this worker trained: nothing will come
         try:
             task = tasks.recv()
