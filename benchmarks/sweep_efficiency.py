@@ -23,7 +23,10 @@ Sweeps alternate between executors (the machine is noisy); the table gives mean 
 standard deviation over repeats. For the warm pool it also prints each worker's
 resident memory after each of its runs (it must not grow from run to run).
 
-    python benchmarks/sweep_efficiency.py [--repeats 2] [--executors per-run warm ray]
+--epochs N trains every run N epochs instead (longer runs: what start-up costs is spread
+over more training).
+
+    python benchmarks/sweep_efficiency.py [--repeats 2] [--executors per-run warm ray] [--epochs N]
 """
 
 from __future__ import annotations
@@ -122,8 +125,9 @@ def start_ray() -> tuple[str, Path]:
     return f"127.0.0.1:{port}", ray
 
 
-def measure(folder: Path, sweep: str, kind: str, address: str, number: int) -> dict:
-    dataset, epochs = SWEEPS[sweep]
+def measure(folder: Path, sweep: str, kind: str, address: str, number: int, epochs: int | None = None) -> dict:
+    dataset, default_epochs = SWEEPS[sweep]
+    epochs = epochs or default_epochs
     file = folder / f"{sweep}.toml"
     file.write_text(FILE.format(dataset=dataset, epochs=epochs))
     db = folder / f"{sweep}-{kind}-{number}.db"
@@ -142,6 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--executors", nargs="+", default=["per-run", "warm", "ray"], choices=["per-run", "warm", "ray"])
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3 for usps, 5 for digits)")
     args = parser.parse_args()
     if not os.environ.get("TECLI_DATA_DIR"):
         raise SystemExit("set TECLI_DATA_DIR to the folder with usps.h5")
@@ -155,7 +160,7 @@ def main() -> None:
         for number in range(args.repeats):
             for sweep in args.sweeps:
                 for kind in args.executors:
-                    result = measure(folder, sweep, kind, address, number)
+                    result = measure(folder, sweep, kind, address, number, args.epochs)
                     results.setdefault((sweep, kind), []).append(result)
                     print(f"  {sweep:6} {kind:7} repeat {number + 1}: wall {result['wall']:6.1f} s, "
                           f"epochs {result['epoch_seconds']:6.1f} s, efficiency {result['efficiency']:.2f} "
@@ -165,7 +170,8 @@ def main() -> None:
             subprocess.run([str(ray), "stop", "--force"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"\nsweep efficiency, {WORKERS} workers x 1 thread, 8 runs per sweep, {args.repeats} repeat(s): mean ± sd")
+    epochs = f"{args.epochs} epochs each" if args.epochs else "epochs: usps 3, digits 5"
+    print(f"\nsweep efficiency, {WORKERS} workers x 1 thread, 8 runs per sweep ({epochs}), {args.repeats} repeat(s): mean ± sd")
     print(f"{'sweep':8} {'executor':9} {'wall s':>13} {'epoch s':>13} {'efficiency':>13} {'command s':>13} {'command eff.':>13}")
     for (sweep, kind), runs in results.items():
         def stat(key: str, digits: int) -> str:
