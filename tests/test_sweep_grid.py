@@ -282,6 +282,11 @@ def test_dry_run_estimates_from_recorded_epoch_seconds(tmp_path):
     with Session(create_db_engine(db)) as session:
         assert session.get(Run, dead).status == RunStatus.RUNNING  # seen as dead, not marked
 
+    stopping = invoke("sweep", sweep_file, "--dry-run", "--db", db, "--set", "defaults.stop_at=0.5")  # new run keys
+    assert stopping.exit_code == 0, stopping.output
+    assert "time left: at most 40 s of training" in stopping.output and "maybe sooner" in stopping.output
+    assert "digits/te: 2 runs, at most 8 epochs × 3.00 s = 24 s" in stopping.output
+
 
 def test_a_resumed_run_counts_the_epochs_after_its_checkpoint():
     sweep = sweep_of(TINY.format(epochs=10, extra=""))

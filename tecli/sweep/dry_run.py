@@ -16,6 +16,8 @@ run's from its checkpoint) × the median of the epoch seconds recorded for that 
 set and variant name in the database, else of all the data set's recorded epochs
 (another variant's: TE costs a few percent per epoch). Runs trained one at a time at
 the recorded speed; with --workers N expect roughly 1/N of it when the cores allow.
+Runs that stop at a test accuracy (stop_at) may end sooner: their estimate is a bound
+("at most").
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Estimate:
     epochs_left: int
     epoch_seconds: float | None  # median recorded epoch seconds; None: nothing recorded to go by
     basis: str | None  # "variant": its own recorded epochs; "data set": all of the data set's
+    stops_early: bool = False  # its runs stop at a test accuracy (stop_at): epochs_left is the most they train
 
     @property
     def seconds(self) -> float | None:
@@ -94,12 +97,15 @@ class DryRun:
         if total is None:
             return "time left: no recorded epochs to estimate from"
         partial = " for what has recorded epochs" if any(e.seconds is None for e in self.estimates) else ""
+        bound = "at most" if any(e.stops_early for e in self.estimates) else "about"
         lines = [
-            f"time left: about {duration(total)} of training{partial}, one run at a time "
+            f"time left: {bound} {duration(total)} of training{partial}, one run at a time "
             "(median recorded epoch seconds × epochs left)"
+            + ("; runs with stop_at end once they reach it, maybe sooner" if bound == "at most" else "")
         ]
         for e in self.estimates:
-            head = f"  {e.dataset}/{e.variant}: {_count(e.runs, 'run')}, {_count(e.epochs_left, 'epoch')}"
+            most = "at most " if e.stops_early else ""
+            head = f"  {e.dataset}/{e.variant}: {_count(e.runs, 'run')}, {most}{_count(e.epochs_left, 'epoch')}"
             if e.epoch_seconds is None:
                 lines.append(f"{head}, no recorded epochs to estimate from")
             else:
@@ -172,17 +178,20 @@ def _epoch_seconds(engine: Engine, datasets: set[str]) -> dict[tuple[str, str | 
 def _estimates(planned: list[PlannedRun], medians: dict[tuple[str, str | None], float]) -> list[Estimate]:
     """Per data set and variant (in the order of the grid), the epochs left and their median seconds."""
     left: dict[tuple[str, str], list[int]] = {}
+    stops_early: set[tuple[str, str]] = set()
     for p in planned:
         epochs = left.setdefault((p.spec.dataset, p.spec.variant), [])
         if p.state in TO_TRAIN:
             epochs.append(p.spec.epochs - p.epochs_done)
+            if p.spec.stop_at is not None:
+                stops_early.add((p.spec.dataset, p.spec.variant))
     estimates = []
     for (dataset, variant), epochs in left.items():
         own, fallback = medians.get((dataset, variant)), medians.get((dataset, None))
         basis = "variant" if own is not None else "data set" if fallback is not None else None
         seconds = own if own is not None else fallback
         if epochs:
-            estimates.append(Estimate(dataset, variant, len(epochs), sum(epochs), seconds, basis))
+            estimates.append(Estimate(dataset, variant, len(epochs), sum(epochs), seconds, basis, (dataset, variant) in stops_early))
     return estimates
 
 
