@@ -24,6 +24,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -512,3 +513,22 @@ def test_text_reports_import_neither_pandas_nor_numpy_nor_scipy(db):
         "print(','.join(sorted(m for m in ('pandas', 'numpy', 'scipy', 'matplotlib') if m in sys.modules)))\n"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == ""
+
+
+def test_curves_of_many_variants_keep_their_legend_below_without_a_layout_warning(tmp_path):
+    """The committed exploration (39 variants on usps): the legend goes below the panels,
+    and matplotlib lays the figure out without warning that it could not."""
+    import shutil
+    import warnings
+
+    from PIL import Image
+
+    db = tmp_path / "explore.db"
+    shutil.copy(Path(__file__).resolve().parent.parent / "reports" / "study-explore.db", db)
+    out = tmp_path / "r.md"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(app, ["report", "--db", str(db), "--format", "markdown", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    width, height = Image.open(tmp_path / "r-usps.png").size
+    assert height > 4 * 110 * 1.5  # taller than the 4-inch panels: room for 39 legend entries

@@ -22,6 +22,7 @@ from tecli.report.build import Report
 from tecli.report.grid import grid_rows
 
 GRID_POINTS = 200
+LEGEND_INSIDE = 8  # variants a legend inside an axes holds; more go below the panels, in columns
 CLOCK_LABELS = {"wall": "wall-clock seconds (cumulative epoch time)", "cpu": "CPU seconds (cumulative epoch CPU time)"}
 
 
@@ -47,8 +48,13 @@ def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset in sorted({c.dataset for c in report.curves}):
-        fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for variant in sorted({c.variant for c in report.curves if c.dataset == dataset}):
+        variants = sorted({c.variant for c in report.curves if c.dataset == dataset})
+        many = len(variants) > LEGEND_INSIDE
+        rows = -(-len(variants) // 2)
+        fig, (by_epoch, by_time) = plt.subplots(
+            1, 2, figsize=(11, 4 + 0.16 * rows if many else 4), sharey=True, layout="constrained" if many else None
+        )
+        for variant in variants:
             runs = [c for c in report.curves if c.dataset == dataset and c.variant == variant]
             epochs = min(len(r.test_acc) for r in runs)
             _band(by_epoch, np.arange(1, epochs + 1), np.array([r.test_acc[:epochs] for r in runs]), variant)
@@ -67,7 +73,10 @@ def plot_curves(report: Report, folder: Path, prefix: str) -> list[Path]:
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
         by_epoch.set_ylabel("test accuracy")
-        by_epoch.legend(loc="lower right")
+        if many:
+            fig.legend(*by_epoch.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="x-small")
+        else:
+            by_epoch.legend(loc="lower right")
         fig.suptitle(f"{dataset}: test accuracy, mean +- std over seeds")
         written.append(save(fig, folder / f"{prefix}-{dataset}.png"))
     return written
@@ -77,7 +86,8 @@ def save(fig, path):
     """Lay the figure out, write it as PNG to `path` (a file path or a binary file) and close it; returns `path`."""
     plt = pyplot()
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # (a constrained layout lays itself out)
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
