@@ -471,11 +471,12 @@ def _check_values(bad_sources: bool, bad_targets: bool, names: tuple[str, str]) 
 
 def _kernel(serial, parallel, work: int):
     """(kernel, n_blocks): the serial one in one block below PARALLEL_MIN_WORK, else the
-    parallel one in a block per thread.  (Asking Numba's thread count inside a kernel
-    would keep it out of the on-disk cache.)"""
+    parallel one in a block per thread of Numba's pool (its size: a thread count lowered
+    with set_num_threads shares the blocks out; asking for that count costs a
+    microsecond a call, and asking inside a kernel keeps it out of the on-disk cache)."""
     if work < PARALLEL_MIN_WORK:
         return serial, 1
-    return parallel, nb.get_num_threads()
+    return parallel, nb.config.NUMBA_NUM_THREADS
 
 
 def _run_pairs(src, tgt, delay: int, pairs: np.ndarray, te: np.ndarray, names) -> None:
