@@ -80,6 +80,9 @@ def test_block_values_are_checked_before_the_window_changes():
     before = window.state_dict()
     with pytest.raises(ValueError, match="targets must be binary"):
         window.push(np.zeros((3, 8), int), np.full((2, 8), 2))
+    for wrong in (np.empty(2), np.empty(1, np.float32), np.empty((1, 1))):  # the TE to read into: (1,) float64
+        with pytest.raises(ValueError, match=r"out must be a writable float64 array of shape \(1,\)"):
+            window.push(np.zeros((3, 8), int), np.zeros((2, 8), int), wrong)
     after = window.state_dict()
     for name, value in before.items():
         np.testing.assert_array_equal(after[name], value)

@@ -102,14 +102,19 @@ class RayCluster:
             )
 
     def capacity(self, threads: int) -> int:
-        """How many runs of `threads` CPU threads (and this GPU share) the alive nodes hold at once."""
+        """How many runs of `threads` CPU threads (and this GPU share) the alive nodes hold at
+        once, counted as Ray counts, in units of 1/10000 (1.0 // 0.2 would be 4.0, not 5)."""
+
+        def units(amount: float) -> int:
+            return round(amount * 10_000)
+
         total = 0
         for node in self.ray.nodes():
             if node["Alive"]:
-                fits = node["Resources"].get("CPU", 0) // threads
+                fits = units(node["Resources"].get("CPU", 0)) // units(threads)
                 if self.gpus:
-                    fits = min(fits, node["Resources"].get("GPU", 0) // self.gpus)
-                total += int(fits)
+                    fits = min(fits, units(node["Resources"].get("GPU", 0)) // units(self.gpus))
+                total += fits
         return max(1, total)
 
     def run(self, tasks: Sequence[Task], report: Callable[[Event], None]) -> None:
@@ -223,16 +228,15 @@ class _Sweep:
     def submit(self) -> None:
         from tecli.db.recording import key_taken
 
-        # No more tasks than the cluster holds at once (looked up each time: nodes come and
-        # go): with tasks queued beyond that, Ray started worker processes for them beside
-        # the busy ones, each importing torch on the cores the runs train on, and handed
-        # later runs to those cold workers (measured: 4 processes for 2 slots, epochs 1.4x
-        # slower). At most `max_running` (--workers) when given.
+        # By default no more tasks than the alive nodes hold at once (looked up each time:
+        # nodes come and go): with tasks queued beyond that, Ray started worker processes
+        # for them beside the busy ones, each importing torch on the cores the runs train
+        # on, and handed later runs to those cold workers (measured: 4 processes for 2
+        # slots, epochs 1.4x slower). `max_running` (--workers) replaces that count: more
+        # than the nodes hold queues the rest in Ray, where an autoscaler sees the demand.
         if not self.waiting:
             return
-        cap = self.cluster.capacity(self.waiting[0].threads)
-        if self.cluster.max_running is not None:
-            cap = min(cap, self.cluster.max_running)
+        cap = self.cluster.max_running or self.cluster.capacity(self.waiting[0].threads)
         while self.waiting and len(self.running) < cap:
             task = self.waiting.pop(0)
             if key_taken(self.engine(task), task.spec.run_key()):  # spare the cluster the claim

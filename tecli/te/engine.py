@@ -497,6 +497,8 @@ def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: i
     same pass.  Returns the number of ones among the counted c of the sources and a of
     the targets."""
     n = src.shape[1] - history(delay)
+    if te is not None:
+        _check_out(te, len(pairs))
     source_ones, target_ones, bad_src, bad_tgt = _pairs_replace(
         *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(max(n, total.n)),
         slot.target, slot.source, slot.pair, total.n, total.target, total.source, total.pair,
@@ -509,11 +511,18 @@ def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: i
 _NO_TE = np.zeros(0, np.float64)
 
 
+def _check_out(out: np.ndarray, n_pairs: int) -> np.ndarray:
+    """`out` if it can take the TE of n_pairs pairs (the kernels write without bounds checks)."""
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (n_pairs,) and out.flags.writeable):
+        raise ValueError(f"out must be a writable float64 array of shape ({n_pairs},), got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+    return out
+
+
 def te_from_counts(counts: TripleCounts, pairs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """TE (bits) per pair from counts taken over the same pairs, into `out` (float64, (P,))
     when given."""
     table = klogk_table(counts.n)
-    out = np.empty(len(pairs), np.float64) if out is None else out
+    out = np.empty(len(pairs), np.float64) if out is None else _check_out(out, len(pairs))
     return _te_from_counts(counts.n, counts.target, counts.source, counts.pair, pairs, table, out)
 
 

@@ -82,7 +82,7 @@ def capture(block: np.ndarray, values: torch.Tensor, threshold: float | str, cla
     ("uniform"), or when it is the predicted class ("argmax": torch.argmax, the first on
     ties). On the CPU a number threshold compares in NumPy straight into the block (no
     bool tensor, no transposing copy: a third of the time), float32 against float32 as
-    torch compares, so the bits are the same.
+    torch compares a float32 tensor (the models compute in float32), so the bits are the same.
     """
     if class_layer and threshold == "argmax":
         fired = nn.functional.one_hot(values.argmax(dim=1), values.shape[1]).bool()
@@ -325,6 +325,7 @@ class TEFeedback:
             slot.factor.copy_(saved["factor"])
             slot.factor_host[...] = saved["factor"].reshape(-1).numpy()  # (on the CPU, a view of the same)
             slot.te = np.array(saved["te"], np.float64)
+            slot.te_read = False
 
     def close(self) -> None:
         for hook in self._hooks:
