@@ -28,7 +28,7 @@ class SlidingPairTE:
             raise ValueError(f"window_blocks must be >= 1, got {window_blocks}")
         if delay < 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
-        # int32 indices: half the bytes a push streams through the cache beside torch's
+        # int32 indices, as the int32 counts below: half the memory of int64
         self.pairs = engine.check_pairs(pairs, n_sources, n_targets).astype(np.int32)
         self.n_sources = n_sources
         self.n_targets = n_targets
@@ -37,8 +37,8 @@ class SlidingPairTE:
         self._h = engine.history(self.delay)
         k, p = self.window_blocks, len(self.pairs)
         self._ring_n = np.zeros(k, np.int64)
-        # Counts in int32: a block's are at most its samples and a window's at most the
-        # training set's, and half the bytes of int64 keep the ring in cache beside torch.
+        # Counts in int32 (half the memory of int64): a block's are at most its samples and
+        # a window's at most the training set's.
         self._ring_target = np.zeros((k, n_targets, 3), np.int32)
         self._ring_source = np.zeros((k, n_sources), np.int32)
         self._ring_pair = np.zeros((k, p, 3), np.int32)
