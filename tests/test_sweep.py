@@ -185,10 +185,11 @@ def test_a_sweep_is_a_library_call(tmp_path):
         run_sweep(planned, workers=0)
 
 
-@pytest.mark.parametrize("name, runs", [("pilot", 9), ("explore", 390), ("confirm", 150)])
-def test_the_committed_study_databases_hold_every_run_of_their_files(tmp_path, name, runs):
+@pytest.mark.parametrize("name, db, runs", [("pilot", "study-pilot", 9), ("explore", "study-explore", 390),
+                                             ("confirm", "study-confirm", 150), ("observe", "observe-usps", 4)])  # fmt: skip
+def test_the_committed_study_databases_hold_every_run_of_their_files(tmp_path, name, db, runs):
     sweep = load_sweep(ROOT / f"experiments-{name}.toml")
-    copy = shutil.copy(ROOT / "reports" / f"study-{name}.db", tmp_path)  # opening it may add WAL files beside it
+    copy = shutil.copy(ROOT / "reports" / f"{db}.db", tmp_path)  # opening it may add WAL files beside it
     with Session(create_db_engine(copy)) as session:
         recorded = dict(session.execute(select(Run.run_key, Run.status)).all())
     assert len(sweep.runs) == runs
@@ -208,3 +209,14 @@ def test_the_confirmation_runs_the_exploration_settings_it_names():
     assert te["te-l16-amplify-backprop-argmax"] == explored[selected.format("argmax")]
     assert te["te-l16-amplify-backprop-uniform-permuted"] == replace(explored[selected.format("uniform")], permute=True)
     assert {spec.lr for spec in confirm.runs if spec.variant == "baseline-lr-x2"} == {0.02}
+
+
+def test_the_observed_runs_are_the_confirmation_settings_on_usps_without_stopping():
+    """experiments-observe.toml trains the confirmation's USPS specifications of seed 100 (the
+    same names), run to the last epoch, and observes them."""
+    observed = load_sweep(ROOT / "experiments-observe.toml")
+    confirm = {spec.variant: spec for spec in load_sweep(ROOT / "experiments-confirm.toml").runs
+               if spec.dataset == "usps" and spec.seed == 100}  # fmt: skip
+    assert observed.observe == 512 and len(observed.runs) == 4
+    for spec in observed.runs:
+        assert spec.stop_at is None and replace(confirm[spec.variant], stop_at=None) == spec

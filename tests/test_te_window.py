@@ -88,12 +88,16 @@ def test_block_values_are_checked_before_the_window_changes():
         np.testing.assert_array_equal(after[name], value)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("delay", [0, 1, 3])
 @pytest.mark.parametrize("block", [1, 2, 5, 64])
-def test_blocks_written_in_place_count_as_pushed_ones(delay, block):
+def test_blocks_written_in_place_count_as_pushed_ones(delay, block, parallel, monkeypatch):
     """block() + push_block() (the training feedback's route) keeps the window's state
     exactly as push() does, across resets and a last, shorter block; the TE it reads in
-    the same pass when asked (push_block(te)) is the window's te()."""
+    the same pass when asked (push_block(te)) is the window's te(), from the serial and
+    the parallel kernel (the pairs in blocks, each counted then read)."""
+    if parallel:
+        monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)
     rng = np.random.default_rng(10 * block + delay)
     n_src, n_tgt = 5, 3
     pairs = np.array([[0, 0], [4, 2], [1, 1], [3, 0]])

@@ -236,8 +236,11 @@ class _Sweep:
         # than the nodes hold queues the rest in Ray, where an autoscaler sees the demand.
         if not self.waiting:
             return
+        # A task that said it finished holds its slot only until it returns: the next one is
+        # sent now, to the worker Ray leased for it (a 0.2 s read per run otherwise).
         cap = self.cluster.max_running or self.cluster.capacity(self.waiting[0].threads)
-        while self.waiting and len(self.running) < cap:
+        busy = sum(task.index not in self.finished for task in self.running.values())
+        while self.waiting and busy < cap:
             task = self.waiting.pop(0)
             if key_taken(self.engine(task), task.spec.run_key()):  # spare the cluster the claim
                 self.report(Event(task.index, "finished", status="skipped", message="claimed elsewhere"))
@@ -247,6 +250,7 @@ class _Sweep:
                 task, self.events, self.stop_flag
             )
             self.running[ref] = task
+            busy += 1
 
     def read(self, timeout: float) -> None:
         from ray.util.queue import Empty

@@ -180,17 +180,28 @@ def _te(n, a, b, ab, target_part, c, ac, bc, abc, klogk):
 
 
 @nb.njit(cache=True)
+def _te_range(n, target, source, pair, pairs, parts, klogk, lo, hi, out):
+    """TE of pairs lo..hi-1 from their counts into out, given the targets' parts."""
+    for p in range(lo, hi):
+        i, j = pairs[p, 0], pairs[p, 1]
+        out[p] = _te(n, target[j, 0], target[j, 1], target[j, 2], parts[j],
+                     source[i], pair[p, 0], pair[p, 1], pair[p, 2], klogk)  # fmt: skip
+
+
+@nb.njit(cache=True)
+def _target_parts(n, target, klogk):
+    parts = np.empty(target.shape[0], np.float64)
+    for j in range(target.shape[0]):
+        parts[j] = _target_part(n, target[j, 0], target[j, 1], target[j, 2], klogk)
+    return parts
+
+
+@nb.njit(cache=True)
 def _te_from_counts(n, target, source, pair, pairs, klogk, out):
     if n == 0:
         out[:] = 0.0
         return out
-    parts = np.empty(target.shape[0], np.float64)
-    for j in range(target.shape[0]):
-        parts[j] = _target_part(n, target[j, 0], target[j, 1], target[j, 2], klogk)
-    for p in range(pairs.shape[0]):
-        i, j = pairs[p, 0], pairs[p, 1]
-        out[p] = _te(n, target[j, 0], target[j, 1], target[j, 2], parts[j],
-                     source[i], pair[p, 0], pair[p, 1], pair[p, 2], klogk)  # fmt: skip
+    _te_range(n, target, source, pair, pairs, _target_parts(n, target, klogk), klogk, 0, pairs.shape[0], out)
     return out
 
 
@@ -400,10 +411,10 @@ def _pairs_parallel(src, src_size, tgt, tgt_size, delay, pairs, klogk, te, n_blo
 
 
 @nb.njit(cache=True)
-def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair):
-    """The pairs' loop of `_pairs_replace`, a function of its own: in the kernel's body its
-    loop kept its strides on the stack, twice as slow."""
-    for p in range(pairs.shape[0]):
+def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, lo, hi):
+    """The pairs' loop of the replace kernels over pairs lo..hi-1, a function of its own:
+    in a kernel's body its loop kept its strides on the stack, twice as slow."""
+    for p in range(lo, hi):
         ac, bc, abc = _pair_counts(a, b, ab, c, pairs[p, 0], pairs[p, 1])
         total_pair[p, 0] += ac - slot_pair[p, 0]
         total_pair[p, 1] += bc - slot_pair[p, 1]
@@ -412,32 +423,62 @@ def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair):
 
 
 @nb.njit(cache=True)
-def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_target, slot_source, slot_pair,
-                   n_total, total_target, total_source, total_pair, te):  # fmt: skip
-    """Count the triples into the slot arrays, whose counts they replace, and move the
-    totals (over n_total triples once moved) by the difference, in one pass with no
-    counts array; with te not empty, then the pairs' TE over the totals (a second loop:
-    in the first it cost more).  Returns the number of ones among the sources' c and the
-    targets' a, and the flags."""
+def _replace_streams(src, src_size, tgt, tgt_size, delay, klogk, slot_target, slot_source, total_target,
+                     total_source):  # fmt: skip
+    """The replace kernels' first, serial part (O(neurons)): the block's streams, and the
+    targets' and sources' counts into their slots, the totals moved by the difference.
+    Returns (n, a, b, ab, c, #c, #a summed, flags)."""
     length = src.shape[1] // src_size
     x, y, c, source, a, b, ab, target, parts = _pairs_arrays(src.shape[0], tgt.shape[0], length, delay)
     h = max(1, delay)
     n = length - h
     bad_src = _source_streams(src, src_size, x, h - delay, n, c, source, 0, src.shape[0]) != _ZERO
     bad_tgt = _target_streams(tgt, tgt_size, y, h, n, klogk, a, b, ab, target, parts, 0, tgt.shape[0]) != _ZERO
+    if not (bad_src or bad_tgt):
+        for j in range(target.shape[0]):
+            for k in range(3):
+                total_target[j, k] += target[j, k] - slot_target[j, k]
+                slot_target[j, k] = target[j, k]
+        for i in range(source.shape[0]):
+            total_source[i] += source[i] - slot_source[i]
+            slot_source[i] = source[i]
+    return a, b, ab, c, source.sum(), target[:, 0].sum(), bad_src, bad_tgt
+
+
+@nb.njit(cache=True)
+def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_target, slot_source, slot_pair,
+                   n_total, total_target, total_source, total_pair, te, n_blocks):  # fmt: skip
+    """Count the triples into the slot arrays, whose counts they replace, and move the
+    totals (over n_total triples once moved) by the difference, in one pass with no
+    counts array; with te not empty, then the pairs' TE over the totals (a second loop:
+    in the first it cost more).  Returns the number of ones among the sources' c and the
+    targets' a, and the flags.  (n_blocks: the parallel kernel's signature.)"""
+    a, b, ab, c, source_ones, target_ones, bad_src, bad_tgt = _replace_streams(
+        src, src_size, tgt, tgt_size, delay, klogk, slot_target, slot_source, total_target, total_source)
     if bad_src or bad_tgt:
         return 0, 0, bad_src, bad_tgt
-    for j in range(target.shape[0]):
-        for k in range(3):
-            total_target[j, k] += target[j, k] - slot_target[j, k]
-            slot_target[j, k] = target[j, k]
-    for i in range(source.shape[0]):
-        total_source[i] += source[i] - slot_source[i]
-        slot_source[i] = source[i]
-    _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair)
+    _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, 0, pairs.shape[0])
     if te.shape[0]:
         _te_from_counts(n_total, total_target, total_source, total_pair, pairs, klogk, te)
-    return source.sum(), target[:, 0].sum(), False, False
+    return source_ones, target_ones, False, False
+
+
+@nb.njit(cache=True, parallel=True)
+def _pairs_replace_parallel(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_target, slot_source,
+                            slot_pair, n_total, total_target, total_source, total_pair, te, n_blocks):  # fmt: skip
+    """`_pairs_replace` with the pairs in n_blocks blocks on Numba's threads, each block
+    counted, then its TE read (n_total > 0 here: the block just counted is in it)."""
+    a, b, ab, c, source_ones, target_ones, bad_src, bad_tgt = _replace_streams(
+        src, src_size, tgt, tgt_size, delay, klogk, slot_target, slot_source, total_target, total_source)
+    if bad_src or bad_tgt:
+        return 0, 0, bad_src, bad_tgt
+    parts = _target_parts(n_total, total_target, klogk)
+    for k in nb.prange(n_blocks):
+        lo, hi = _block(pairs.shape[0], n_blocks, k)
+        _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, lo, hi)
+        if te.shape[0]:
+            _te_range(n_total, total_target, total_source, total_pair, pairs, parts, klogk, lo, hi, te)
+    return source_ones, target_ones, False, False
 
 
 # ---------------------------------------------------------------- the Python side
@@ -499,10 +540,12 @@ def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: i
     n = src.shape[1] - history(delay)
     if te is not None:
         _check_out(te, len(pairs))
-    source_ones, target_ones, bad_src, bad_tgt = _pairs_replace(
+    work = len(pairs) * ((n + 63) // 64 + (0 if te is None else TE_WORK))
+    kernel, n_blocks = _kernel(_pairs_replace, _pairs_replace_parallel, work)
+    source_ones, target_ones, bad_src, bad_tgt = kernel(
         *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(max(n, total.n)),
         slot.target, slot.source, slot.pair, total.n, total.target, total.source, total.pair,
-        _NO_TE if te is None else te,
+        _NO_TE if te is None else te, n_blocks,
     )  # fmt: skip
     _check_values(bad_src, bad_tgt, ("sources", "targets"))
     return int(source_ones), int(target_ones)

@@ -206,12 +206,13 @@ class TEFeedback:
         """
         samples = max(batch_size, self.config.delay + 2)
         for slot in self._slots:
-            for _ in range(2):  # a new stream's first block, then one that follows carried samples
+            for read in (None, slot.te):  # a new stream's first block, then one after carried samples, its TE read
                 slot.window.block(samples)
-                slot.window.push_block()
+                slot.window.push_block(read)
             te = slot.window.te()
             _set_factors(te, slot.flat_index, 0.0, np.ones(slot.factor.numel(), np.float32))
             slot.window.reset()
+            slot.te[...] = 0.0
         self._diagnostics.counted = self._counted()  # the warm-up's samples are no epoch's
 
     @staticmethod
