@@ -15,7 +15,9 @@ it can be used.  Best of many repeats each (of 3 for pyinform).
 
 The feedback's window path is timed on the same layer pair: a block of 64 samples (a
 mini-batch) pushed into a window of 16 blocks, with the TE of every pair over the
-window read in the same call, as the training feedback does before each refresh.
+window read in the same call, as the training feedback does before each refresh:
+as a 0/1 block on the window's default threads, and as float32 activations with a
+threshold in one thread, the training feedback's own route.
 
     python benchmarks/te_engine.py
 """
@@ -99,24 +101,37 @@ def word_work_rates(sources, targets) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
-def window_rate(rng) -> float:
+def window_rates(rng) -> tuple[float, float]:
     """Pairs/s of the window's push-and-read: every pair of the layer pair, 64-sample
-    blocks, a window of 16 blocks (1024 samples), delay 0, bool blocks written in place."""
+    blocks, a window of 16 blocks (1024 samples), delay 0.  (0/1 blocks written in place
+    with push_block, the window's defaults: the pairs split over the threads;
+    float32 activations and threshold 0 with push_values in one thread, as the training
+    feedback pushes them while torch's threads hold the cores.)"""
     flat = np.arange(N_SRC * N_TGT)
-    window = SlidingPairTE(N_SRC, N_TGT, np.stack([flat % N_SRC, flat // N_SRC], axis=1), window_blocks=16)
+    pairs = np.stack([flat % N_SRC, flat // N_SRC], axis=1)
     te = np.empty(len(flat))
-    blocks = [(rng.integers(0, 2, (N_SRC, 64)), rng.integers(0, 2, (N_TGT, 64))) for _ in range(32)]
-
-    stream = itertools.cycle(blocks)
+    activations = [(rng.normal(size=(64, N_SRC)).astype(np.float32), rng.normal(size=(64, N_TGT)).astype(np.float32))
+                   for _ in range(32)]  # fmt: skip
+    blocks = [((sources > 0).T, (targets > 0).T) for sources, targets in activations]
+    window = SlidingPairTE(N_SRC, N_TGT, pairs, window_blocks=16)
+    feedback_window = SlidingPairTE(N_SRC, N_TGT, pairs, window_blocks=16, parallel=False)
+    stream, values = itertools.cycle(blocks), itertools.cycle(activations)
 
     def push():
         sources, targets = window.block(64)
         sources[...], targets[...] = next(stream)
         window.push_block(te)
 
-    for _ in range(len(blocks)):
-        push()  # fill the window; compile / load the Numba cache
-    return len(flat) / best_seconds(push, repeats=2000)
+    def push_values():
+        sources, targets = next(values)
+        feedback_window.push_values(sources, 0.0, targets, 0.0, te)
+
+    rates = []
+    for run in (push, push_values):
+        for _ in range(len(blocks)):
+            run()  # fill the window; compile / load the Numba cache
+        rates.append(len(flat) / best_seconds(run, repeats=2000))
+    return rates[0], rates[1]
 
 
 def main() -> None:
@@ -153,9 +168,11 @@ def main() -> None:
                 for name, rate in engine.items()
             ]
             print(f"  claim (>= {CLAIM_RATE / 1e6:.0f} M pairs/s, >= {CLAIM_RATIO:,}x pyinform): {', '.join(verdicts)}")
-    rate = window_rate(rng)
-    print(f"\nwindow (the feedback's path): push a 64-sample block and read the TE of all {n_pairs} pairs over "
-          f"1024 samples: {rate / 1e6:.1f} M pairs/s ({n_pairs / rate * 1e6:.0f} us a call)")
+    blocks, values = window_rates(rng)
+    print(f"\nwindow: push a 64-sample block and read the TE of all {n_pairs} pairs over 1024 samples (M pairs/s)")
+    print(f"  0/1 block (push_block), {nb.get_num_threads()} threads          {blocks / 1e6:9.1f}   ({n_pairs / blocks * 1e6:.0f} us a call)")
+    print(f"  activations (push_values), 1 thread    {values / 1e6:9.1f}   ({n_pairs / values * 1e6:.0f} us a call: "
+          "the training feedback's route)")
 
 
 if __name__ == "__main__":

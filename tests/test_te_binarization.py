@@ -37,19 +37,25 @@ def lower_median(values: np.ndarray) -> np.ndarray:
 
 
 def capture_blocks(digits, config: TEConfig, samples: int, device: str):
-    """One forward pass with capture on: the (sources, targets) block the feedback wrote for its
-    layer, and that layer's input and output as an independent hook saw them."""
+    """One forward pass with capture on: the (sources, targets) block the feedback pushed for
+    its layer, and that layer's input and output as an independent hook saw them.  Number
+    thresholds on the CPU push activations and thresholds (push_values, which counts them as
+    push() counts their float32 comparisons: test_te_window); other thresholds write a block."""
     torch.manual_seed(0)
     model = build_model(digits.input_shape, digits.n_classes).to(device)
     feedback = TEFeedback(model, config, batch_size=samples, seed=0)
     slot = feedback._slots[0]
-    written, real_block = [], slot.window.block
+    written, real_block, real_push_values = [], slot.window.block, slot.window.push_values
 
     def block(n):
         written.append(real_block(n))
         return written[-1]
 
-    slot.window.block = block
+    def push_values(sources, source_threshold, targets, target_threshold, te=None):
+        written.append((np.greater(sources, np.float32(source_threshold)).T, np.greater(targets, np.float32(target_threshold)).T))
+        real_push_values(sources, source_threshold, targets, target_threshold, te)
+
+    slot.window.block, slot.window.push_values = block, push_values
     seen = {}
     linear_layers(model)[config.layers[0]].register_forward_hook(
         lambda m, i, o: seen.update(src=i[0].detach().cpu().numpy(), out=o.detach().cpu().numpy().astype(np.float64))

@@ -120,3 +120,86 @@ def test_blocks_written_in_place_count_as_pushed_ones(delay, block, parallel, mo
         for name, value in pushed.state_dict().items():
             np.testing.assert_array_equal(written.state_dict()[name], value, err_msg=name)
     assert pushed.te().max() >= 0 and pushed.counted[0] > 0
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("delay", [0, 1, 3])
+@pytest.mark.parametrize("block", [1, 2, 5, 64, 70])
+def test_activations_pushed_with_thresholds_count_as_their_comparisons(delay, block, parallel, monkeypatch):
+    """push_values(activations, thresholds) (the feedback's route for number thresholds)
+    keeps the window's state exactly as push() of the float32 comparisons, transposed, does:
+    across resets, blocks shorter than the history, a last shorter block, ties with the
+    threshold and NaN; the TE read in the same call is the window's te()."""
+    if parallel:
+        monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)
+    rng = np.random.default_rng(100 * block + delay)
+    n_src, n_tgt = 7, 4
+    pairs = np.array([[0, 0], [6, 3], [1, 1], [3, 0], [2, 2]])
+    compared = SlidingPairTE(n_src, n_tgt, pairs, 3, delay)
+    thresholded = SlidingPairTE(n_src, n_tgt, pairs, 3, delay)
+    g_src, g_tgt = 0.25, 0.1  # not exact in float32: compared as float32, as torch's and NumPy's float32 arrays are
+    for k, size in enumerate([block] * 6 + [max(1, block - 1)] + [block] * 3):
+        if k == 4:
+            compared.reset()
+            thresholded.reset()
+        sources = rng.normal(0.25, 0.5, (size, n_src)).astype(np.float32)
+        targets = rng.normal(0.1, 0.5, (size, n_tgt)).astype(np.float32)
+        sources[0, 0], targets[-1, 0] = np.float32(g_src), np.float32(g_tgt)  # ties do not fire
+        sources[-1, 1] = np.nan
+        compared.push(np.greater(sources, np.float32(g_src)).T, np.greater(targets, np.float32(g_tgt)).T)
+        read = np.full(len(pairs), np.nan)
+        thresholded.push_values(sources, g_src, targets, g_tgt, read)
+        np.testing.assert_array_equal(read, compared.te())
+        np.testing.assert_array_equal(thresholded.counted, compared.counted)
+        for name, value in compared.state_dict().items():
+            np.testing.assert_array_equal(thresholded.state_dict()[name], value, err_msg=name)
+    assert compared.counted[0] > 0 and (block < 5 or compared.te().max() > 0)
+
+
+def test_activations_must_be_float32_rows_of_the_layer_width():
+    window = SlidingPairTE(3, 2, np.array([[0, 0]]), window_blocks=2)
+    window.push_values(np.ones((8, 3), np.float32), 0.5, np.ones((8, 2), np.float32), 0.5)  # a new stream: carries filled
+    before = window.state_dict()
+    for sources, targets in (
+        (np.ones((8, 3), np.float64), np.ones((8, 2), np.float32)),
+        (np.ones((8, 3), np.float32), np.ones((8, 3), np.float32)),
+        (np.ones((3, 8), np.float32).T, np.ones((8, 2), np.float32)),
+        (np.ones((8, 3), np.float32), np.ones((7, 2), np.float32)),
+    ):
+        with pytest.raises(ValueError, match="must be C-contiguous float32"):
+            window.push_values(sources, 0.5, targets, 0.5)
+    for name, value in before.items():
+        np.testing.assert_array_equal(window.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("delay", [0, 2])
+def test_a_window_of_every_pair_in_matrix_order_reads_the_same_te(delay, parallel, monkeypatch):
+    """Every pair in the order p = j * n_sources + i takes the engine's dense TE read (in
+    parallel, in blocks that cut rows): it equals the general read of the same pairs in
+    another order, and the engine run on the window's samples directly."""
+    if parallel:
+        monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)
+    rng = np.random.default_rng(delay)
+    n_src, n_tgt, block = 6, 5, 40
+    every = np.arange(n_src * n_tgt)
+    pairs = np.stack([every % n_src, every // n_src], axis=1)
+    order = rng.permutation(len(pairs))
+    dense = SlidingPairTE(n_src, n_tgt, pairs, 2, delay, parallel=parallel)
+    shuffled = SlidingPairTE(n_src, n_tgt, pairs[order], 2, delay, parallel=False)
+    assert dense._dense and not shuffled._dense
+    sources = rng.normal(size=(6 * block, n_src)).astype(np.float32)
+    targets = np.roll(sources[:, :n_tgt], delay, axis=0) + rng.normal(0, 0.5, (6 * block, n_tgt)).astype(np.float32)
+    for k in range(6):
+        rows = slice(k * block, (k + 1) * block)
+        read, read_shuffled = np.empty(len(pairs)), np.empty(len(pairs))
+        if k % 2:
+            dense.push_values(sources[rows], 0.0, targets[rows], 0.0, read)
+        else:
+            dense.push((sources[rows] > 0).T, (targets[rows] > 0).T, read)
+        shuffled.push_values(sources[rows], 0.0, targets[rows], 0.0, read_shuffled)
+        np.testing.assert_array_equal(read[order], read_shuffled)
+    start = 4 * block - max(1, delay)
+    expected = transfer_entropy_pairs((sources[start:] > 0).T, (targets[start:] > 0).T, pairs, delay)
+    np.testing.assert_allclose(read, expected, rtol=0, atol=1e-12)
+    assert read.max() > 0.1

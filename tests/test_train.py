@@ -160,9 +160,10 @@ def test_capture_schedule_and_refresh_use_exactly_the_window_before_each_refresh
     seen, pushed = [], []
     last = linear_layers(model)[-1]
     last.register_forward_hook(lambda m, i, o: seen.append((i[0].detach() > 0, torch.softmax(o.detach(), 1) > 0.1)))
-    real_push = slot.window.push_block
     batch = [None]
-    slot.window.push_block = lambda te=None: (pushed.append(batch[0]), real_push(te))
+    for name in ("push_block", "push_values"):  # the routes of other thresholds and of numbers
+        real = getattr(slot.window, name)
+        setattr(slot.window, name, lambda *args, _real=real: (pushed.append(batch[0]), _real(*args)))
     refreshed = {}
     for b in range(10):
         batch[0] = b
@@ -236,3 +237,31 @@ def test_factors_are_set_as_torch_computed_them():
         deviation = np.abs(factor[flat].astype(np.float64) - 1.0)
         assert positive == (te > 0).sum() and dev_max == deviation.max()
         assert dev_sum == pytest.approx(deviation.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("te", [
+    TEConfig(window=128, refresh=1, fraction=1.0, layers=(-2, -1), threshold_out="uniform"),
+    TEConfig(window=96, refresh=3, fraction=0.5, layers=(-2, -1), threshold=0.05, delay=1, lam=4.0, reach="backprop"),
+])  # fmt: skip
+def test_activations_pushed_as_they_are_train_as_captured_blocks_do(digits, te, monkeypatch):
+    """Number thresholds on the CPU send the activations to the window (push_values); the
+    route of other thresholds (capture into a block, push_block) trains the same run, bit
+    for bit: metrics, TE statistics, feedback diagnostics and weights."""
+    import tecli.te.feedback as feedback
+
+    def run():
+        training = train(replace(BASE, epochs=2, te=te), digits)
+        epochs = iter(training)
+        results = [next(epochs)]
+        routes = {slot.thresholds is not None for slot in training.feedback._slots}
+        results += list(epochs)
+        diagnostics = [(r.source_fire_rate, r.target_fire_rate, r.te_positive_share, r.factor_dev_mean, r.factor_dev_max) for r in results]
+        return metrics(results), diagnostics, training.model.state_dict(), routes
+
+    values, values_diagnostics, values_weights, values_routes = run()
+    monkeypatch.setattr(feedback, "_number_thresholds", lambda *args: None)
+    blocks, blocks_diagnostics, blocks_weights, blocks_routes = run()
+    assert values_routes == {True} and blocks_routes == {False}
+    assert values == blocks and values_diagnostics == blocks_diagnostics
+    for name, weight in values_weights.items():
+        assert torch.equal(weight, blocks_weights[name]), name

@@ -17,9 +17,12 @@ the layer's forward is a custom autograd function that also scales the error
 sent back through each connection, so earlier layers feel the feedback.
 
 Only the `ceil(window / batch)` batches before each refresh are captured when
-the window is shorter than the refresh period; the others cost nothing. On a GPU
-the activations are binarized and bit-packed there, and only the packed words
-cross to the host (1/32 of the float activations' bytes).
+the window is shorter than the refresh period; the others cost nothing. On the
+CPU, where both thresholds are numbers, the activations go to the window as torch
+holds them and its kernel compares, packs and counts in one call
+(SlidingPairTE.push_values); other thresholds are binarized by `capture` into the
+window's block first. On a GPU the activations are binarized and bit-packed there,
+and only the packed words cross to the host (1/32 of the float activations' bytes).
 The pair subset (and permute's permutations) comes from the TE side's own numpy
 generator, so a TE run and its baseline draw the same torch random numbers.
 """
@@ -95,6 +98,26 @@ def capture(block: np.ndarray, values: torch.Tensor, threshold: float | str, cla
     np.greater(values.numpy().T, np.float32(threshold), out=block.view(np.bool_))
 
 
+def _number_thresholds(config: TEConfig, class_layer: bool, n_out: int, weight: torch.Tensor) -> tuple[float, float] | None:
+    """(g of the sources, g of the targets) of a float32 layer on the CPU whose sources and
+    targets both fire above a fixed number, as `capture` binarizes them (the class layer:
+    its softmax, "uniform" being 1/classes), so that the window compares the activations
+    itself (SlidingPairTE.push_values: one kernel call in place of a comparison and a
+    transposing copy per layer, each of which cost 3x its time in isolation once torch
+    has run between them); None otherwise."""
+    target = config.threshold_out if class_layer else config.threshold
+    if target == "uniform":
+        target = 1 / n_out
+    if isinstance(config.threshold, str) or isinstance(target, str) or weight.is_cuda or weight.dtype != torch.float32:
+        return None
+    return config.threshold, target
+
+
+def _rows(values: torch.Tensor) -> np.ndarray:
+    """(batch, n) CPU activations as the C-contiguous float32 array push_values reads."""
+    return np.ascontiguousarray(values.detach().numpy())
+
+
 @nb.njit(cache=True)
 def _set_factors(te, flat_index, scale, factor):
     """factor[flat_index[p]] = 1 + scale * te[p] in float32, as torch computes it on a
@@ -125,6 +148,7 @@ class _Slot:
     factor: torch.Tensor  # (n_out, n_in), ones outside the chosen pairs
     factor_host: np.ndarray  # its values on the host: a view of it on the CPU, else a copy sent at each refresh
     te: np.ndarray  # TE of the chosen pairs at the last refresh
+    thresholds: tuple[float, float] | None  # (sources', targets') for push_values: see _number_thresholds
     te_read: bool = False  # te already holds this batch's window: read in the push before a refresh
 
 
@@ -186,11 +210,14 @@ class TEFeedback:
             slot = _Slot(
                 layer=layer,
                 is_class_layer=layer is linears[-1],
-                window=SlidingPairTE(n_in, n_out, pairs, self.window_blocks, config.delay),
+                # serial: inside training, torch's threads hold the other core (measured: the
+                # 10,080-pair window's kernel took 14.2 ms an epoch serial, 17.9 ms parallel)
+                window=SlidingPairTE(n_in, n_out, pairs, self.window_blocks, config.delay, parallel=False),
                 flat_index=flat.astype(np.int64),
                 factor=factor,
                 factor_host=factor.view(-1).numpy() if factor.device.type == "cpu" else np.ones(factor.numel(), np.float32),
                 te=np.zeros(n_pairs),
+                thresholds=_number_thresholds(config, layer is linears[-1], n_out, layer.weight),
             )
             self._slots.append(slot)
             self._hooks.append(layer.register_forward_hook(self._capture_hook(slot)))
@@ -206,9 +233,14 @@ class TEFeedback:
         """
         samples = max(batch_size, self.config.delay + 2)
         for slot in self._slots:
+            window = slot.window
             for read in (None, slot.te):  # a new stream's first block, then one after carried samples, its TE read
-                slot.window.block(samples)
-                slot.window.push_block(read)
+                if slot.thresholds is None:
+                    window.block(samples)
+                    window.push_block(read)
+                else:
+                    zeros = np.zeros((samples, window.n_sources), np.float32), np.zeros((samples, window.n_targets), np.float32)
+                    window.push_values(zeros[0], 0.0, zeros[1], 0.0, read)
             te = slot.window.te()
             _set_factors(te, slot.flat_index, 0.0, np.ones(slot.factor.numel(), np.float32))
             slot.window.reset()
@@ -229,14 +261,20 @@ class TEFeedback:
             start = time.perf_counter()
             out = output.detach()
             g = self.config.threshold
-            sources, targets = slot.window.block(out.shape[0])
-            capture(sources, inputs[0].detach(), g)
-            if slot.is_class_layer:
-                capture(targets, out, self.config.threshold_out, class_layer=True)
-            else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
-                capture(targets, out if g != "median" and g >= 0 else torch.relu(out), g)
             due = (self._batch + 1) % self.config.refresh == 0  # after_backward refreshes this batch
-            slot.window.push_block(slot.te if due else None)
+            te = slot.te if due else None
+            if slot.thresholds is not None:  # numbers, on the CPU: the activations go to the window as they are
+                g_src, g_tgt = slot.thresholds
+                targets = torch.softmax(out, dim=1) if slot.is_class_layer else out if g_tgt >= 0 else torch.relu(out)
+                slot.window.push_values(_rows(inputs[0]), g_src, _rows(targets), g_tgt, te)
+            else:
+                sources, targets = slot.window.block(out.shape[0])
+                capture(sources, inputs[0].detach(), g)
+                if slot.is_class_layer:
+                    capture(targets, out, self.config.threshold_out, class_layer=True)
+                else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
+                    capture(targets, out if g != "median" and g >= 0 else torch.relu(out), g)
+                slot.window.push_block(te)
             slot.te_read = due
             self.seconds += time.perf_counter() - start
 

@@ -89,6 +89,33 @@ def _pack_values(values, out, lo, hi):
 
 
 @nb.njit(cache=True)
+def pack_thresholded(carry, values, threshold, out, lo, hi):
+    """Pack rows lo..hi-1 of the stream [carry | values > threshold] into out (n, ceil(T/64))
+    words, T = h + B, then keep its last h samples in carry.
+
+    carry: (n, h) uint8 0/1, the samples before the block; values: (B, n) float32 (a
+    layer's activations, sample by sample: neuron i's series is column i), B >= h;
+    threshold: float32, compared as NumPy compares float32 arrays.  Samples go in the
+    outer loop, so values are read in memory order.
+    """
+    h = carry.shape[1]
+    for i in range(lo, hi):
+        for w in range(out.shape[1]):
+            out[i, w] = _ZERO
+        for t in range(h):
+            out[i, t // 64] |= np.uint64(carry[i, t]) << np.uint64(t % 64)
+    for s in range(values.shape[0]):
+        t = h + s
+        w, shift = t // 64, np.uint64(t % 64)
+        for i in range(lo, hi):
+            out[i, w] |= np.uint64(values[s, i] > threshold) << shift
+    last = values.shape[0] - h
+    for i in range(lo, hi):
+        for t in range(h):
+            carry[i, t] = values[last + t, i] > threshold
+
+
+@nb.njit(cache=True)
 def pack_rows(raw, size, out, lo, hi):
     """Pack rows lo..hi-1 of raw, the bytes (n, T * size) of C-contiguous integers of
     `size` bytes each, into out (n, ceil(T/64)) words.

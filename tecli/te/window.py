@@ -5,7 +5,9 @@ refreshed every few batches.  Recomputing from the raw window at each refresh
 would repack W samples per neuron every time.  Instead each pushed block is
 packed once, its triple counts (see engine.TripleCounts) are kept in a ring of
 `window_blocks` slots, and running totals are updated with one add and one
-subtract per pair.  Reading TE is then O(P) from the totals.
+subtract per pair.  Reading TE is then O(P) from the totals.  A block comes as
+0/1 values (push, or block() and push_block) or as activations and thresholds
+(push_values: compared inside the kernel, which carries the last samples itself).
 
 The stream is exact across block boundaries: the last h = max(1, delay) samples
 of the previous block are carried, so the first triples of a block see y(t-1)
@@ -23,7 +25,9 @@ from tecli.te import engine, packing
 class SlidingPairTE:
     """TE of fixed (source, target) pairs over the last `window_blocks` pushed blocks."""
 
-    def __init__(self, n_sources: int, n_targets: int, pairs, window_blocks: int, delay: int = 0):
+    def __init__(self, n_sources: int, n_targets: int, pairs, window_blocks: int, delay: int = 0, parallel: bool = True):
+        """parallel: a large block's pairs are split over Numba's threads (engine.PARALLEL_MIN_WORK);
+        the training feedback turns it off, as torch's threads hold the cores then."""
         if window_blocks < 1:
             raise ValueError(f"window_blocks must be >= 1, got {window_blocks}")
         if delay < 0:
@@ -34,6 +38,11 @@ class SlidingPairTE:
         self.n_targets = n_targets
         self.delay = int(delay)
         self.window_blocks = int(window_blocks)
+        self.parallel = parallel
+        every = np.arange(n_sources * n_targets)
+        # every pair, in matrix order (fraction 1 in the feedback): the engine's dense TE read
+        self._dense = len(self.pairs) == len(every) and bool(
+            (self.pairs == np.stack([every % n_sources, every // n_sources], axis=1)).all())
         self._h = engine.history(self.delay)
         k, p = self.window_blocks, len(self.pairs)
         self._ring_n = np.zeros(k, np.int64)
@@ -113,19 +122,43 @@ class SlidingPairTE:
             if te is not None:
                 self.te(te)
             return
+        n = tgt.shape[1] - self._h
+        slot, total = self._next(n)
+        ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, total, te, self.parallel, self._dense)  # checks the values too
+        self._keep_carry(src, tgt)
+        self._advance(n, total, ones)
+
+    def push_values(self, sources: np.ndarray, source_threshold: float, targets: np.ndarray, target_threshold: float,
+                    te: np.ndarray | None = None) -> None:  # fmt: skip
+        """Append the block sources > source_threshold, targets > target_threshold, from
+        (B, n_src) and (B, n_tgt) float32 activations (sample by sample, as torch holds a
+        layer's output), compared as NumPy compares float32: what push() of the transposed
+        comparisons does, in one kernel call with no binary block in between."""
+        if self._carry_src.shape[1] < self._h or sources.shape[0] < self._h:  # a new stream, or a block shorter than the history
+            g_src, g_tgt = np.float32(source_threshold), np.float32(target_threshold)
+            return self.push(np.greater(sources, g_src).T, np.greater(targets, g_tgt).T, te)
+        n = sources.shape[0]
+        slot, total = self._next(n)
+        ones = engine.replace_counts_thresholded(sources, source_threshold, self._carry_src, targets, target_threshold,
+                                                 self._carry_tgt, self.pairs, self.delay, slot, total, te,
+                                                 self.parallel, self._dense)  # fmt: skip
+        self._advance(n, total, ones)
+
+    def _next(self, n: int) -> tuple[engine.TripleCounts, engine.TripleCounts]:
+        """The ring slot a block of n triples replaces, and the totals once it has."""
         s = self._slot
         slot = engine.TripleCounts(0, self._ring_target[s], self._ring_source[s], self._ring_pair[s])
-        n = tgt.shape[1] - self._h
-        total = self._total._replace(n=self._total.n - int(self._ring_n[s]) + n)
-        source_ones, target_ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, total, te)  # checks the values too
+        return slot, self._total._replace(n=self._total.n - int(self._ring_n[s]) + n)
+
+    def _advance(self, n: int, total: engine.TripleCounts, ones: tuple[int, int]) -> None:
+        """Account for a block of n triples counted into the next slot (with these ones)."""
         counted = self.counted
         counted[0] += n
-        counted[1] += source_ones
-        counted[2] += target_ones
-        self._keep_carry(src, tgt)
+        counted[1] += ones[0]
+        counted[2] += ones[1]
         self._total = total
-        self._ring_n[s] = n
-        self._slot = (s + 1) % self.window_blocks
+        self._ring_n[self._slot] = n
+        self._slot = (self._slot + 1) % self.window_blocks
 
     def _keep_carry(self, src: np.ndarray, tgt: np.ndarray) -> None:
         h = self._h
