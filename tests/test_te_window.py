@@ -166,7 +166,7 @@ def test_activations_must_be_float32_rows_of_the_layer_width():
         (np.ones((3, 8), np.float32).T, np.ones((8, 2), np.float32)),
         (np.ones((8, 3), np.float32), np.ones((7, 2), np.float32)),
     ):
-        with pytest.raises(ValueError, match="must be C-contiguous float32"):
+        with pytest.raises(ValueError, match="must be (C-contiguous )?float32"):
             window.push_values(sources, 0.5, targets, 0.5)
     for name, value in before.items():
         np.testing.assert_array_equal(window.state_dict()[name], value)
@@ -203,3 +203,33 @@ def test_a_window_of_every_pair_in_matrix_order_reads_the_same_te(delay, paralle
     expected = transfer_entropy_pairs((sources[start:] > 0).T, (targets[start:] > 0).T, pairs, delay)
     np.testing.assert_allclose(read, expected, rtol=0, atol=1e-12)
     assert read.max() > 0.1
+
+
+def test_a_restored_state_that_no_window_can_reach_is_refused():
+    """The kernels read the k log2 k table at cell counts without bounds checks: a state whose
+    counts contradict each other (from a damaged checkpoint) is refused, and a real one loads."""
+    rng = np.random.default_rng(7)
+    window = SlidingPairTE(4, 3, np.array([[0, 0], [3, 2], [1, 1]]), window_blocks=2, delay=1)
+    for _ in range(3):
+        window.push(rng.integers(0, 2, (4, 16)), rng.integers(0, 2, (3, 16)))
+    good = window.state_dict()
+    window.load_state_dict(good)
+    damaged = {
+        "pair count above its source's": lambda s: s["ring_pair"].__setitem__((0, 0, 0), 17),
+        "totals not the ring's sum": lambda s: s["total_source"].__setitem__(0, s["total_source"][0] + 1),
+        "slot outside the ring": lambda s: s.__setitem__("slot", 2),
+        "carried value not 0/1": lambda s: s["carry_src"].__setitem__((0, 0), 2),
+    }
+    for name, damage in damaged.items():
+        state = {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in good.items()}
+        damage(state)
+        with pytest.raises(ValueError, match="window state is inconsistent"):
+            SlidingPairTE(4, 3, np.array([[0, 0], [3, 2], [1, 1]]), window_blocks=2, delay=1).load_state_dict(state)
+
+
+def test_activations_of_another_dtype_are_refused_on_every_route():
+    window = SlidingPairTE(3, 2, np.array([[0, 0]]), window_blocks=2)
+    for _ in range(2):  # a new stream (the fallback), then one that follows carried samples
+        with pytest.raises(ValueError, match="sources must be float32"):
+            window.push_values(np.ones((8, 3)), 0.5, np.ones((8, 2), np.float32), 0.5)
+        window.push_values(np.ones((8, 3), np.float32), 0.5, np.ones((8, 2), np.float32), 0.5)

@@ -633,11 +633,11 @@ def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: i
     p = j * n_sources + i (the TE is then read faster).  Returns the number of ones among the counted c of the sources and a of the
     targets."""
     n = src.shape[1] - history(delay)
-    _check_read(te, pairs, dense, slot)
+    _check_read(te, pairs, dense, slot, total)
     source_ones, target_ones, bad_src, bad_tgt = _pairs_replace(
         *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(max(n, total.n)),
         slot.target, slot.source, slot.pair, total.n, total.target, total.source, total.pair,
-        _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te) if parallel else 0), dense,
+        _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
     )  # fmt: skip
     _check_values(bad_src, bad_tgt, ("sources", "targets"))
     return int(source_ones), int(target_ones)
@@ -661,21 +661,26 @@ def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, sou
                          f"got {sources.dtype} {sources.shape} and {targets.dtype} {targets.shape}")  # fmt: skip
     if not (_carry(source_carry, n_src, h) and _carry(target_carry, n_tgt, h)):
         raise ValueError(f"the carries must be writable C-contiguous uint8 of shapes ({n_src}, {h}) and ({n_tgt}, {h})")
-    _check_read(te, pairs, dense, slot)
+    _check_read(te, pairs, dense, slot, total)
     source_ones, target_ones = _thresholded_replace(
         sources, np.float32(source_threshold), source_carry, targets, np.float32(target_threshold), target_carry,
         delay, pairs, klogk_table(max(n, total.n)), slot.target, slot.source, slot.pair, total.n, total.target,
-        total.source, total.pair, _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te) if parallel else 0), dense,
+        total.source, total.pair, _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
     )  # fmt: skip
     return int(source_ones), int(target_ones)
 
 
-def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, slot: TripleCounts) -> None:
-    """The TE out array fits the pairs, and dense pairs are as many as the dense kernel reads."""
+def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, slot: TripleCounts, total: TripleCounts) -> None:
+    """The TE out array and the count arrays fit the pairs, and dense pairs are as many as
+    the dense kernel reads (the kernels index without bounds checks)."""
     if te is not None:
         _check_out(te, len(pairs))
-    if dense and len(pairs) != slot.source.shape[0] * slot.target.shape[0]:
-        raise ValueError(f"dense pairs must be all {slot.source.shape[0]} x {slot.target.shape[0]}, got {len(pairs)}")
+    n_src, n_tgt = slot.source.shape[0], slot.target.shape[0]
+    shapes = ((n_tgt, 3), (n_src,), (len(pairs), 3))
+    if tuple(a.shape for a in slot[1:]) != shapes or tuple(a.shape for a in total[1:]) != shapes:
+        raise ValueError(f"slot and total counts must be of shapes {shapes}")
+    if dense and len(pairs) != n_src * n_tgt:
+        raise ValueError(f"dense pairs must be all {n_src} x {n_tgt}, got {len(pairs)}")
 
 
 def _float_rows(values: np.ndarray, n: int, width: int) -> bool:

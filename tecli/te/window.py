@@ -39,10 +39,9 @@ class SlidingPairTE:
         self.delay = int(delay)
         self.window_blocks = int(window_blocks)
         self.parallel = parallel
-        every = np.arange(n_sources * n_targets)
         # every pair, in matrix order (fraction 1 in the feedback): the engine's dense TE read
-        self._dense = len(self.pairs) == len(every) and bool(
-            (self.pairs == np.stack([every % n_sources, every // n_sources], axis=1)).all())
+        self._dense = len(self.pairs) == n_sources * n_targets and bool(
+            (self.pairs == np.stack(np.divmod(np.arange(len(self.pairs)), n_sources)[::-1], axis=1)).all())
         self._h = engine.history(self.delay)
         k, p = self.window_blocks, len(self.pairs)
         self._ring_n = np.zeros(k, np.int64)
@@ -134,6 +133,11 @@ class SlidingPairTE:
         (B, n_src) and (B, n_tgt) float32 activations (sample by sample, as torch holds a
         layer's output), compared as NumPy compares float32: what push() of the transposed
         comparisons does, in one kernel call with no binary block in between."""
+        for values, width, name in ((sources, self.n_sources, "sources"), (targets, self.n_targets, "targets")):
+            if not (isinstance(values, np.ndarray) and values.dtype == np.float32 and values.ndim == 2
+                    and values.shape == (sources.shape[0], width)):  # fmt: skip
+                raise ValueError(f"{name} must be float32 of shape (B, {width}) with the sources' B, "
+                                 f"got {getattr(values, 'dtype', type(values))} {getattr(values, 'shape', '')}")  # fmt: skip
         if self._carry_src.shape[1] < self._h or sources.shape[0] < self._h:  # a new stream, or a block shorter than the history
             g_src, g_tgt = np.float32(source_threshold), np.float32(target_threshold)
             return self.push(np.greater(sources, g_src).T, np.greater(targets, g_tgt).T, te)
@@ -202,3 +206,32 @@ class SlidingPairTE:
         self._slot = int(state["slot"])
         self._carry_src = np.array(state["carry_src"], np.uint8)
         self._carry_tgt = np.array(state["carry_tgt"], np.uint8)
+        self._check_state()
+
+    def _check_state(self) -> None:
+        """A restored state must be one a window can reach: the kernels index the k log2 k
+        table by its cell counts without bounds checks, so counts that contradict each
+        other (a cell below 0) must not get there."""
+        total, h = self._total, self._h
+        consistent = (
+            0 <= self._slot < self.window_blocks
+            and total.n == self._ring_n.sum()
+            and all(np.array_equal(t, r.sum(axis=0)) for t, r in zip(total[1:], (self._ring_target, self._ring_source, self._ring_pair)))
+            and self._carry_src.shape[0] == self.n_sources and self._carry_tgt.shape[0] == self.n_targets
+            and self._carry_src.shape[1] == self._carry_tgt.shape[1] <= h
+            and self._carry_src.max(initial=0) <= 1 and self._carry_tgt.max(initial=0) <= 1
+            and _cells_nonnegative(self._ring_n, self._ring_target, self._ring_source, self._ring_pair, self.pairs)
+        )  # fmt: skip
+        if not consistent:
+            raise ValueError("window state is inconsistent: its counts, slot or carried samples cannot come from a window")
+
+
+def _cells_nonnegative(n, target, source, pair, pairs) -> bool:
+    """Every joint count that TE reads from these (k, ...) ring counts (see engine._te) is >= 0."""
+    n = np.asarray(n, np.int64)[:, None]
+    a, b, ab = (target[:, pairs[:, 1], k].astype(np.int64) for k in range(3))
+    c = source[:, pairs[:, 0]].astype(np.int64)
+    ac, bc, abc = (pair[..., k].astype(np.int64) for k in range(3))
+    cells = (abc, ab - abc, ac - abc, bc - abc, a - ab - ac + abc, b - ab - bc + abc, c - ac - bc + abc,
+             n - a - b - c + ab + ac + bc - abc, b - bc, c - bc, n - b - c + bc, a - ab, b - ab, n - a - b + ab)  # fmt: skip
+    return all(cell.min(initial=0) >= 0 for cell in cells)
