@@ -79,8 +79,11 @@ def ray_cluster(tmp_path_factory):
     # leave this process's workers ended, and its next sweep would wait for fresh ones
     # (torch imported, TE kernels loaded: seconds each). A few more stay warm.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_num_workers_soft_limit": "6"}
+    # Started with SIGINT ignored, as a batch script or a background job starts it: Ray's
+    # processes inherit that, and a task's stop (which arrives as SIGINT) must work anyway.
     with log.open("w") as out:
-        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -169,17 +169,27 @@ def _watch(stop_flag, done) -> None:
 
 
 def _train(task: Task, events, stop_flag) -> str:
-    """A Ray task: one run, its events sent to the driver's queue, stopped by its flag."""
+    """A Ray task: one run, its events sent to the driver's queue, stopped by its flag.
+
+    The stop arrives as SIGINT (from the flag's thread, or Ray's cancel). The workers of a
+    cluster started with SIGINT ignored (from a batch script or a background job: Ray's
+    processes inherit it) would drop it and train to the end, so the task takes SIGINT
+    for its span."""
+    import signal
     import threading
 
     from tecli.sweep.executors import train_task
 
+    main = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     done = threading.Event()
     threading.Thread(target=_watch, args=(stop_flag, done), daemon=True, name="tecli stop watch").start()
     try:
         return train_task(task, events.put)
     finally:
         done.set()
+        if previous is not None:  # (None: a handler set outside Python, which cannot be put back)
+            signal.signal(signal.SIGINT, previous)
 
 
 class _Sweep:
