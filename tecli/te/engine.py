@@ -646,22 +646,19 @@ def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: i
 def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, source_carry: np.ndarray,
                                targets: np.ndarray, target_threshold: float, target_carry: np.ndarray,
                                pairs: np.ndarray, delay: int, slot: TripleCounts, total: TripleCounts,
-                               te: np.ndarray | None = None, parallel: bool = True,
-                               dense: bool = False) -> tuple[int, int]:  # fmt: skip
+                               te: np.ndarray | None, parallel: bool, dense: bool) -> tuple[int, int]:  # fmt: skip
     """`replace_counts` of the block [carry | values > threshold] per neuron: sources and
     targets are (B, n) float32 activations, sample by sample (a layer's output as torch
     holds it), compared with a float32 threshold as NumPy compares them; the carries,
     (n, h) uint8 0/1 with h = history(delay) <= B, are the samples before the block, and
     take its last h samples.  The training feedback's route for number thresholds: no
-    binary block is written, transposed or checked."""
-    h = history(delay)
-    n, n_src, n_tgt = sources.shape[0], slot.source.shape[0], slot.target.shape[0]
-    if not (_float_rows(sources, n, n_src) and _float_rows(targets, n, n_tgt) and n >= h):
-        raise ValueError(f"sources and targets must be C-contiguous float32 of shapes (B >= {h}, {n_src}) and (B, {n_tgt}), "
-                         f"got {sources.dtype} {sources.shape} and {targets.dtype} {targets.shape}")  # fmt: skip
-    if not (_carry(source_carry, n_src, h) and _carry(target_carry, n_tgt, h)):
-        raise ValueError(f"the carries must be writable C-contiguous uint8 of shapes ({n_src}, {h}) and ({n_tgt}, {h})")
-    _check_read(te, pairs, dense, slot, total)
+    binary block is written, transposed or checked.
+
+    Unchecked, for SlidingPairTE.push_values, which owns the carries and the counts and
+    checks the activations and `te` (`float_rows`, `check_out`) itself: it is called at
+    every batch, and checking again the arrays the window made was a third of its Python
+    time. The kernel indexes without bounds checks: wrong shapes here corrupt memory."""
+    n = sources.shape[0]
     source_ones, target_ones = _thresholded_replace(
         sources, np.float32(source_threshold), source_carry, targets, np.float32(target_threshold), target_carry,
         delay, pairs, klogk_table(max(n, total.n)), slot.target, slot.source, slot.pair, total.n, total.target,
@@ -674,7 +671,7 @@ def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, slot: Tri
     """The TE out array and the count arrays fit the pairs, and dense pairs are as many as
     the dense kernel reads (the kernels index without bounds checks)."""
     if te is not None:
-        _check_out(te, len(pairs))
+        check_out(te, len(pairs))
     n_src, n_tgt = slot.source.shape[0], slot.target.shape[0]
     shapes = ((n_tgt, 3), (n_src,), (len(pairs), 3))
     if tuple(a.shape for a in slot[1:]) != shapes or tuple(a.shape for a in total[1:]) != shapes:
@@ -683,12 +680,10 @@ def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, slot: Tri
         raise ValueError(f"dense pairs must be all {n_src} x {n_tgt}, got {len(pairs)}")
 
 
-def _float_rows(values: np.ndarray, n: int, width: int) -> bool:
-    return values.dtype == np.float32 and values.shape == (n, width) and values.flags.c_contiguous
-
-
-def _carry(carry: np.ndarray, width: int, h: int) -> bool:
-    return carry.dtype == np.uint8 and carry.shape == (width, h) and carry.flags.c_contiguous and carry.flags.writeable
+def float_rows(values, n: int, width: int) -> bool:
+    """values is a C-contiguous float32 array of shape (n, width)."""
+    return (isinstance(values, np.ndarray) and values.dtype == np.float32 and values.shape == (n, width)
+            and values.flags.c_contiguous)  # fmt: skip
 
 
 def _replace_work(n_pairs: int, n: int, te: np.ndarray | None) -> int:
@@ -698,7 +693,7 @@ def _replace_work(n_pairs: int, n: int, te: np.ndarray | None) -> int:
 _NO_TE = np.zeros(0, np.float64)
 
 
-def _check_out(out: np.ndarray, n_pairs: int) -> np.ndarray:
+def check_out(out: np.ndarray, n_pairs: int) -> np.ndarray:
     """`out` if it can take the TE of n_pairs pairs (the kernels write without bounds checks)."""
     if not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (n_pairs,) and out.flags.writeable):
         raise ValueError(f"out must be a writable float64 array of shape ({n_pairs},), got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
@@ -709,7 +704,7 @@ def te_from_counts(counts: TripleCounts, pairs: np.ndarray, out: np.ndarray | No
     """TE (bits) per pair from counts taken over the same pairs, into `out` (float64, (P,))
     when given."""
     table = klogk_table(counts.n)
-    out = np.empty(len(pairs), np.float64) if out is None else _check_out(out, len(pairs))
+    out = np.empty(len(pairs), np.float64) if out is None else check_out(out, len(pairs))
     return _te_from_counts(counts.n, counts.target, counts.source, counts.pair, pairs, table, out)
 
 
