@@ -165,6 +165,8 @@ def test_activations_must_be_float32_rows_of_the_layer_width():
         (np.ones((8, 3), np.float32), np.ones((8, 3), np.float32)),
         (np.ones((3, 8), np.float32).T, np.ones((8, 2), np.float32)),
         (np.ones((8, 3), np.float32), np.ones((7, 2), np.float32)),
+        (np.ones((), np.float32), np.ones((8, 2), np.float32)),
+        (np.ones(8, np.float32), np.ones((8, 2), np.float32)),
     ):
         with pytest.raises(ValueError, match="must be (C-contiguous )?float32"):
             window.push_values(sources, 0.5, targets, 0.5)

@@ -138,7 +138,7 @@ class SlidingPairTE:
         passes, and the engine's unchecked call takes the carries and counts this window
         made (measured: 9.0 against 14.2 us a call on a 4 x 3 window, 95 against 102 us on
         120 x 84)."""
-        n = sources.shape[0] if isinstance(sources, np.ndarray) else -1
+        n = sources.shape[0] if isinstance(sources, np.ndarray) and sources.ndim == 2 else -1
         if not (engine.float_rows(sources, n, self.n_sources) and engine.float_rows(targets, n, self.n_targets)):
             for values, width, name in ((sources, self.n_sources, "sources"), (targets, self.n_targets, "targets")):
                 if not engine.float_rows(values, n, width):
