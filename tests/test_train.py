@@ -184,13 +184,15 @@ def test_capture_schedule_and_refresh_use_exactly_the_window_before_each_refresh
 
 
 @pytest.mark.parametrize("reach", ["weights", "backprop"])
-def test_close_removes_hooks_and_forward_override(digits, reach):
+def test_close_removes_the_forward_override(digits, reach):
+    """The feedback wraps the chosen layers' forward (no hook), and close() puts the class's back."""
     model = build_model(digits.input_shape, digits.n_classes)
     feedback = TEFeedback(model, TEConfig(reach=reach, layers=(-2, -1)), batch_size=32, seed=0)
-    assert all(layer._forward_hooks for layer in linear_layers(model)[-2:])
+    layers = linear_layers(model)
+    assert ["forward" in layer.__dict__ for layer in layers] == [False, True, True]
+    assert not any(layer._forward_hooks for layer in layers)
     feedback.close()
-    assert not any(layer._forward_hooks for layer in linear_layers(model))
-    assert not any("forward" in layer.__dict__ for layer in linear_layers(model))
+    assert not any("forward" in layer.__dict__ for layer in layers)
 
 
 def test_backprop_reach_with_lambda_zero_reproduces_the_baseline(digits):

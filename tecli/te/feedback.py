@@ -1,6 +1,7 @@
 """The torch side of TE feedback: capture, sliding window, gradient scaling.
 
-For each chosen Linear layer (weights W: n_out x n_in) a forward hook sees the
+For each chosen Linear layer (weights W: n_out x n_in) the feedback wraps the
+layer's forward (an instance attribute, which `close()` removes), which sees the
 layer's input (the previous layer's output after its ReLU: the source neurons)
 and its output, taken after its nonlinearity (ReLU for a hidden layer, softmax
 for the class layer: the target neurons).  Both are binarized with their
@@ -199,7 +200,6 @@ class TEFeedback:
         rng = self.rng
         linears = linear_layers(model)
         self._slots: list[_Slot] = []
-        self._hooks = []
         for index in config.layers:  # validated and canonical (spec.TE_RULES)
             layer = linears[index]
             n_out, n_in = layer.weight.shape
@@ -220,9 +220,7 @@ class TEFeedback:
                 thresholds=_number_thresholds(config, layer is linears[-1], n_out, layer.weight),
             )
             self._slots.append(slot)
-            self._hooks.append(layer.register_forward_hook(self._capture_hook(slot)))
-            if config.reach == "backprop":
-                layer.forward = self._scaled_forward(slot)
+            layer.forward = self._forward(slot)
         self._warm_up(batch_size)
 
     def _warm_up(self, batch_size: int) -> None:
@@ -247,38 +245,45 @@ class TEFeedback:
             slot.te[...] = 0.0
         self._diagnostics.counted = self._counted()  # the warm-up's samples are no epoch's
 
-    @staticmethod
-    def _scaled_forward(slot: _Slot):
+    def _forward(self, slot: _Slot):
+        """The layer's forward, capturing in train mode inside the window before a refresh;
+        with reach "backprop", through _ScaledLinear. A wrapper, not a forward hook: torch's
+        hook path cost 4.4 us a call against 0.2 us (a 64 x 120 -> 84 layer, measured alone)."""
+        layer = slot.layer
+        scaled = self.config.reach == "backprop"
+
         def forward(x):
-            return _ScaledLinear.apply(x, slot.layer.weight, slot.layer.bias, slot.factor)
+            if scaled:
+                out = _ScaledLinear.apply(x, layer.weight, layer.bias, slot.factor)
+            else:
+                out = nn.functional.linear(x, layer.weight, layer.bias)
+            if self._capturing and layer.training:
+                self._capture(slot, x, out)
+            return out
 
         return forward
 
-    def _capture_hook(self, slot: _Slot):
-        def hook(module, inputs, output):
-            if not (module.training and self._capturing):
-                return
-            start = time.perf_counter()
-            out = output.detach()
-            g = self.config.threshold
-            due = (self._batch + 1) % self.config.refresh == 0  # after_backward refreshes this batch
-            te = slot.te if due else None
-            if slot.thresholds is not None:  # numbers, on the CPU: the activations go to the window as they are
-                g_src, g_tgt = slot.thresholds
-                targets = torch.softmax(out, dim=1) if slot.is_class_layer else out if g_tgt >= 0 else torch.relu(out)
-                slot.window.push_values(_rows(inputs[0]), g_src, _rows(targets), g_tgt, te)
-            else:
-                sources, targets = slot.window.block(out.shape[0])
-                capture(sources, inputs[0].detach(), g)
-                if slot.is_class_layer:
-                    capture(targets, out, self.config.threshold_out, class_layer=True)
-                else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
-                    capture(targets, out if g != "median" and g >= 0 else torch.relu(out), g)
-                slot.window.push_block(te)
-            slot.te_read = due
-            self.seconds += time.perf_counter() - start
-
-        return hook
+    def _capture(self, slot: _Slot, x: torch.Tensor, output: torch.Tensor) -> None:
+        """Push the batch's binarized input and output to the layer's window (see `capture`)."""
+        start = time.perf_counter()
+        out = output.detach()
+        g = self.config.threshold
+        due = (self._batch + 1) % self.config.refresh == 0  # after_backward refreshes this batch
+        te = slot.te if due else None
+        if slot.thresholds is not None:  # numbers, on the CPU: the activations go to the window as they are
+            g_src, g_tgt = slot.thresholds
+            targets = torch.softmax(out, dim=1) if slot.is_class_layer else out if g_tgt >= 0 else torch.relu(out)
+            slot.window.push_values(_rows(x), g_src, _rows(targets), g_tgt, te)
+        else:
+            sources, targets = slot.window.block(out.shape[0])
+            capture(sources, x.detach(), g)
+            if slot.is_class_layer:
+                capture(targets, out, self.config.threshold_out, class_layer=True)
+            else:  # relu(out) > g is out > g for a number g >= 0, without computing the ReLU again
+                capture(targets, out if g != "median" and g >= 0 else torch.relu(out), g)
+            slot.window.push_block(te)
+        slot.te_read = due
+        self.seconds += time.perf_counter() - start
 
     def before_batch(self) -> None:
         """Decide whether this batch falls in the window before the next refresh."""
@@ -367,7 +372,5 @@ class TEFeedback:
             slot.te_read = False
 
     def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
         for slot in self._slots:
             slot.layer.__dict__.pop("forward", None)
