@@ -123,8 +123,9 @@ def test_blocks_written_in_place_count_as_pushed_ones(delay, block, parallel, mo
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("delay", [0, 1, 3])
-@pytest.mark.parametrize("block", [1, 2, 5, 64, 70])
+@pytest.mark.parametrize(  # a history past one word (65), carried across word boundaries
+    "delay, block", [(d, b) for d in (0, 1, 3) for b in (1, 2, 5, 64, 70)] + [(65, 70), (65, 140)]
+)
 def test_activations_pushed_with_thresholds_count_as_their_comparisons(delay, block, parallel, monkeypatch):
     """push_values(activations, thresholds) (the feedback's route for number thresholds)
     keeps the window's state exactly as push() of the float32 comparisons, transposed, does:
@@ -177,9 +178,9 @@ def test_activations_must_be_float32_rows_of_the_layer_width():
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("delay", [0, 2])
 def test_a_window_of_every_pair_in_matrix_order_reads_the_same_te(delay, parallel, monkeypatch):
-    """Every pair in the order p = j * n_sources + i takes the engine's dense TE read (in
-    parallel, in blocks that cut rows): it equals the general read of the same pairs in
-    another order, and the engine run on the window's samples directly."""
+    """Every pair in the order p = j * n_sources + i takes the engine's dense count loop and
+    TE read (in parallel, in blocks that cut rows): its counts and TE equal the general
+    ones of the same pairs in another order, and the engine run on the window's samples."""
     if parallel:
         monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)
     rng = np.random.default_rng(delay)
@@ -201,6 +202,8 @@ def test_a_window_of_every_pair_in_matrix_order_reads_the_same_te(delay, paralle
             dense.push((sources[rows] > 0).T, (targets[rows] > 0).T, read)
         shuffled.push_values(sources[rows], 0.0, targets[rows], 0.0, read_shuffled)
         np.testing.assert_array_equal(read[order], read_shuffled)
+        for name in ("ring_pair", "total_pair"):  # the dense count loop (blocks that cut rows, in parallel)
+            np.testing.assert_array_equal(dense.state_dict()[name][..., order, :], shuffled.state_dict()[name])
     start = 4 * block - max(1, delay)
     expected = transfer_entropy_pairs((sources[start:] > 0).T, (targets[start:] > 0).T, pairs, delay)
     np.testing.assert_allclose(read, expected, rtol=0, atol=1e-12)

@@ -485,6 +485,15 @@ def _thresholded_streams(src_values, src_threshold, src_carry, tgt_values, tgt_t
     return a, b, ab, c, source.sum(), target[:, 0].sum()
 
 
+@nb.njit(inline="always")
+def _replace_pair(slot_pair, total_pair, p, ac, bc, abc):
+    """Pair p's new block counts into its slot, its totals moved by the difference."""
+    total_pair[p, 0] += ac - slot_pair[p, 0]
+    total_pair[p, 1] += bc - slot_pair[p, 1]
+    total_pair[p, 2] += abc - slot_pair[p, 2]
+    slot_pair[p, 0], slot_pair[p, 1], slot_pair[p, 2] = ac, bc, abc
+
+
 @nb.njit(cache=True)
 def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, lo, hi):
     """The pairs' loop of the replace kernels over pairs lo..hi-1, a function of its own:
@@ -492,10 +501,19 @@ def _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, lo, hi):
     for q in range(lo, hi):
         p = np.uint64(q)  # unsigned indices: no negative-index checks
         ac, bc, abc = _pair_counts(a, b, ab, c, pairs[p, 0], pairs[p, 1])
-        total_pair[p, 0] += ac - slot_pair[p, 0]
-        total_pair[p, 1] += bc - slot_pair[p, 1]
-        total_pair[p, 2] += abc - slot_pair[p, 2]
-        slot_pair[p, 0], slot_pair[p, 1], slot_pair[p, 2] = ac, bc, abc
+        _replace_pair(slot_pair, total_pair, p, ac, bc, abc)
+
+
+@nb.njit(cache=True)
+def _replace_dense_counts(a, b, ab, c, slot_pair, total_pair, lo, hi):
+    """`_replace_pair_counts` when the pairs are every pair in the order p = j * n_src + i:
+    no pair index is read (28.5 against 35.8 us for 120 x 84 pairs of a 64-sample block)."""
+    n_src = c.shape[0]
+    for j in range(lo // n_src, (hi + n_src - 1) // n_src):
+        row = j * n_src
+        for i in range(max(lo - row, 0), min(hi - row, n_src)):
+            ac, bc, abc = _pair_counts(a, b, ab, c, i, j)
+            _replace_pair(slot_pair, total_pair, np.uint64(row + i), ac, bc, abc)
 
 
 @nb.njit(inline="always")
@@ -505,7 +523,10 @@ def _pair_block(a, b, ab, c, pairs, slot_pair, total_pair, n_total, total_target
     then their TE over the totals (n_total > 0: the block just counted is in it; a second
     loop: in the first it cost more), dense: the pairs are every pair in the order of
     `_te_dense_range`."""
-    _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, lo, hi)
+    if dense:
+        _replace_dense_counts(a, b, ab, c, slot_pair, total_pair, lo, hi)
+    else:
+        _replace_pair_counts(a, b, ab, c, pairs, slot_pair, total_pair, lo, hi)
     if te.shape[0] and dense:
         _te_dense_range(n_total, total_target, total_source, total_pair, parts, klogk, lo, hi, te)
     elif te.shape[0]:
