@@ -210,6 +210,20 @@ def test_a_window_of_every_pair_in_matrix_order_reads_the_same_te(delay, paralle
     assert read.max() > 0.1
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_window_without_sources_or_targets_pushes_and_reads_nothing(parallel, monkeypatch):
+    """No pairs is every pair of a 0 x n matrix: the dense loops must not divide by no sources."""
+    if parallel:
+        monkeypatch.setattr(engine, "PARALLEL_MIN_WORK", 0)
+    for n_src, n_tgt in ((0, 3), (3, 0)):
+        window = SlidingPairTE(n_src, n_tgt, np.zeros((0, 2), int), 2, parallel=parallel)
+        read = np.empty(0)
+        for _ in range(3):
+            window.push_values(np.ones((5, n_src), np.float32), 0.0, np.ones((5, n_tgt), np.float32), 0.0, read)
+            window.push(np.ones((n_src, 5), int), np.ones((n_tgt, 5), int), read)
+        assert window.samples == 2 * 5 and window.te().shape == (0,)
+
+
 def test_a_restored_state_that_no_window_can_reach_is_refused():
     """The kernels read the k log2 k table at cell counts without bounds checks: a state whose
     counts contradict each other (from a damaged checkpoint) is refused, and a real one loads."""

@@ -1,10 +1,12 @@
 """Real training on scikit-learn's digits: accuracy, determinism, and the TE feedback's exact effect."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from tecli.data import load_dataset
 from tecli.models import build_model, linear_layers
@@ -193,6 +195,27 @@ def test_close_removes_the_forward_override(digits, reach):
     assert not any(layer._forward_hooks for layer in layers)
     feedback.close()
     assert not any("forward" in layer.__dict__ for layer in layers)
+
+
+@pytest.mark.parametrize("reach", ["weights", "backprop"])
+def test_a_deep_copy_of_a_model_under_feedback_computes_with_its_own_weights(digits, reach):
+    """The wrapped forward is bound to its layer: a copy (a snapshot of the best model, an
+    average of weights) computes with the copy's weights and does not feed the windows."""
+    model = build_model(digits.input_shape, digits.n_classes)
+    feedback = TEFeedback(model, TEConfig(reach=reach, layers=(-2, -1)), batch_size=32, seed=0)
+    twin = copy.deepcopy(model)
+    layer, twin_layer = linear_layers(model)[-1], linear_layers(twin)[-1]
+    with torch.no_grad():
+        twin_layer.weight.mul_(2.0)
+    x = torch.rand(8, layer.in_features)
+    torch.testing.assert_close(twin_layer(x), nn.functional.linear(x, twin_layer.weight, twin_layer.bias))
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    feedback.before_batch()  # capturing: the original's layer pushes to its window, the copy's does not
+    counted = feedback._counted()
+    twin.train()(digits.x_train[:8])
+    np.testing.assert_array_equal(feedback._counted(), counted)
+    model.train()(digits.x_train[:8])
+    assert feedback._counted()[0] > counted[0]
 
 
 def test_backprop_reach_with_lambda_zero_reproduces_the_baseline(digits):

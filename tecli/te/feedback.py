@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import types
 from dataclasses import dataclass
 
 import numba as nb
@@ -248,23 +249,25 @@ class TEFeedback:
     def _forward(self, slot: _Slot):
         """The layer's forward, capturing in train mode inside the window before a refresh;
         with reach "backprop", through _ScaledLinear. A wrapper, not a forward hook: torch's
-        hook path cost 4.4 us a call against 0.2 us (a 64 x 120 -> 84 layer, measured alone)."""
-        layer = slot.layer
+        hook path cost 4.4 us a call against 0.2 us (a 64 x 120 -> 84 layer, measured alone).
+        Bound to the layer, so that a deep copy of the model computes with its own weights
+        (and does not capture into this feedback's windows)."""
         scaled = self.config.reach == "backprop"
 
-        def forward(x):
+        def forward(layer: nn.Linear, input: torch.Tensor) -> torch.Tensor:
             if scaled:
-                out = _ScaledLinear.apply(x, layer.weight, layer.bias, slot.factor)
+                out = _ScaledLinear.apply(input, layer.weight, layer.bias, slot.factor)
             else:
-                out = nn.functional.linear(x, layer.weight, layer.bias)
-            if self._capturing and layer.training:
-                self._capture(slot, x, out)
+                out = nn.functional.linear(input, layer.weight, layer.bias)
+            if self._capturing and layer.training and layer is slot.layer:
+                self._capture(slot, input, out)
             return out
 
-        return forward
+        return types.MethodType(forward, slot.layer)
 
     def _capture(self, slot: _Slot, x: torch.Tensor, output: torch.Tensor) -> None:
-        """Push the batch's binarized input and output to the layer's window (see `capture`)."""
+        """Push the batch's input and output to the layer's window: as activations with their
+        thresholds (push_values), or binarized into its block first (`capture`)."""
         start = time.perf_counter()
         out = output.detach()
         g = self.config.threshold

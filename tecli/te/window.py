@@ -39,7 +39,7 @@ class SlidingPairTE:
         self.delay = int(delay)
         self.window_blocks = int(window_blocks)
         self.parallel = parallel
-        # every pair, in matrix order (fraction 1 in the feedback): the engine's dense TE read
+        # every pair, in matrix order (fraction 1 in the feedback): the engine's dense count loop and TE read
         self._dense = len(self.pairs) == n_sources * n_targets and bool(
             (self.pairs == np.stack(np.divmod(np.arange(len(self.pairs)), n_sources)[::-1], axis=1)).all())
         self._h = engine.history(self.delay)
