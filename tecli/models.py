@@ -11,8 +11,9 @@
 Every model ends in the same fully connected head: -> 120 -> ReLU -> 84 -> ReLU ->
 n_classes. Its two hidden layers (LeNet-5's 120 and 84) make sure the method's "last
 two fully connected layers" exist, and they are the model's last three Linear layers:
-the TE feedback wraps their forward, and reads a layer's input as the previous layer's output
-after its ReLU (for the head's first layer: the features, after a ReLU and pooling).
+the TE feedback wraps their forward, and reads a layer's input as the previous layer's
+output after its ReLU (for the head's first layer: the features, after a ReLU and
+pooling).
 By default the feedback acts on the class layer, between the 84 hidden units and the
 class outputs.
 """
