@@ -2,7 +2,9 @@
 
 Claim (issue 12): with warm workers, the local pool and Ray keep 2 workers at least
 85 % busy on 8 USPS runs x 3 epochs, where a process per run loses seconds of
-start-up (imports, kernels, interpreter teardown) on every run.
+start-up (imports, kernels, interpreter teardown) on every run. On Ray, a sweep's
+runners start cold (a worker process, torch, tecli, the TE kernels: seconds) unless an
+earlier sweep kept them warm (--keep-warm).
 
     efficiency = sum of recorded epoch seconds / (wall time x workers)
 
@@ -11,11 +13,15 @@ Executors, 2 workers (1 thread per run), on a fresh SQLite database each time:
   (LocalPool(runs_per_process=1, start_method="spawn"));
 - warm: the local pool as `tecli sweep` runs it (workers forked from the sweep
   process on Linux, each training run after run);
-- ray: a Ray cluster of this machine (started here, 2 CPUs, before the clock starts).
+- ray: a Ray cluster of this machine (started here, 2 CPUs, before the clock starts),
+  its runners started by the sweep (any kept warm are ended before it);
+- ray-warm: the same with --keep-warm: the runners kept warm by the sweep before it (a
+  1-epoch sweep of the same file, untimed), as when a researcher runs sweep after sweep.
 
 Every measurement is one fresh driver process (as `tecli sweep` is). Two clocks:
 - sweep: run_sweep() only; the start-up of its workers is counted, the driver's own
-  imports and planning are not (the issue's definition);
+  imports and planning (with Ray, joining the cluster, as `tecli sweep` does) are not
+  (the issue's definition);
 - command: from the driver's interpreter start to the end of run_sweep, so the
   driver's imports (torch among them, which forked workers then need not repeat),
   the database's creation and the planning are counted too.
@@ -26,7 +32,7 @@ resident memory after each of its runs (it must not grow from run to run).
 --epochs N trains every run N epochs instead (longer runs: what start-up costs is spread
 over more training).
 
-    python benchmarks/sweep_efficiency.py [--repeats 2] [--executors per-run warm ray] [--epochs N]
+    python benchmarks/sweep_efficiency.py [--repeats 2] [--executors per-run warm ray ray-warm] [--epochs N]
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ te = false
 te = true
 """
 WORKERS = 2
+KEEP_WARM = 120  # seconds, for ray-warm
 
 DRIVER = r"""
 import time
@@ -73,13 +80,13 @@ from tecli.db.schema import Epoch
 from tecli.sweep.local import LocalPool
 from tecli.sweep.run import plan_sweep, run_sweep
 
-file, db, kind, address = sys.argv[1:5]
-if kind == "ray":
+file, db, kind, address, keep_warm = sys.argv[1:6]
+if kind.startswith("ray"):
     from tecli.sweep.ray_cluster import RayCluster
-    executor = RayCluster(address=address)
+    executor = RayCluster(address=address, keep_warm=float(keep_warm))
 else:
     executor = LocalPool(2, runs_per_process=1, start_method="spawn") if kind == "per-run" else LocalPool(2)
-plan = plan_sweep(file, db, threads=1)
+plan = plan_sweep(file, db, threads=1, executor=executor)
 pids, memory = {}, {}
 
 def rss_mib(pid):
@@ -125,16 +132,32 @@ def start_ray() -> tuple[str, Path]:
     return f"127.0.0.1:{port}", ray
 
 
-def measure(folder: Path, sweep: str, kind: str, address: str, number: int, epochs: int | None = None) -> dict:
-    dataset, default_epochs = SWEEPS[sweep]
-    epochs = epochs or default_epochs
-    file = folder / f"{sweep}.toml"
+END_WARM_POOL = """
+import sys
+from tecli.sweep.ray_cluster import RayCluster
+cluster = RayCluster(address=sys.argv[1])
+cluster.start()
+cluster.end_idle_warm_runners()
+"""
+
+
+def drive(folder: Path, sweep: str, kind: str, address: str, db: Path, epochs: int) -> dict:
+    dataset, _ = SWEEPS[sweep]
+    file = folder / f"{sweep}-{epochs}.toml"
     file.write_text(FILE.format(dataset=dataset, epochs=epochs))
-    db = folder / f"{sweep}-{kind}-{number}.db"
-    out = subprocess.run([sys.executable, "-c", DRIVER, str(file), str(db), kind, address], capture_output=True, text=True)
+    keep_warm = KEEP_WARM if kind == "ray-warm" else 0
+    out = subprocess.run([sys.executable, "-c", DRIVER, str(file), str(db), kind, address, str(keep_warm)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{kind} {sweep} failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(folder: Path, sweep: str, kind: str, address: str, number: int, epochs: int | None = None) -> dict:
+    if kind == "ray":  # cold: none kept warm
+        subprocess.run([sys.executable, "-c", END_WARM_POOL, address], check=True, capture_output=True)
+    if kind == "ray-warm":  # runners kept warm by a sweep before
+        drive(folder, sweep, kind, address, folder / f"{sweep}-{kind}-{number}-warm-up.db", 1)
+    result = drive(folder, sweep, kind, address, folder / f"{sweep}-{kind}-{number}.db", epochs or SWEEPS[sweep][1])
     assert result["counts"] == {"completed": 8}, result["counts"]
     result["efficiency"] = result["epoch_seconds"] / (result["wall"] * WORKERS)
     result["command_efficiency"] = result["epoch_seconds"] / (result["command"] * WORKERS)
@@ -144,7 +167,8 @@ def measure(folder: Path, sweep: str, kind: str, address: str, number: int, epoc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--executors", nargs="+", default=["per-run", "warm", "ray"], choices=["per-run", "warm", "ray"])
+    kinds = ["per-run", "warm", "ray", "ray-warm"]
+    parser.add_argument("--executors", nargs="+", default=kinds, choices=kinds)
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 3 for usps, 5 for digits)")
     args = parser.parse_args()
@@ -152,7 +176,7 @@ def main() -> None:
         raise SystemExit("set TECLI_DATA_DIR to the folder with usps.h5")
 
     address, ray = ("", None)
-    if "ray" in args.executors:
+    if any(kind.startswith("ray") for kind in args.executors):
         address, ray = start_ray()
     folder = Path(tempfile.mkdtemp(prefix="tecli-efficiency-"))
     results: dict[tuple[str, str], list[dict]] = {}
@@ -162,7 +186,7 @@ def main() -> None:
                 for kind in args.executors:
                     result = measure(folder, sweep, kind, address, number, args.epochs)
                     results.setdefault((sweep, kind), []).append(result)
-                    print(f"  {sweep:6} {kind:7} repeat {number + 1}: wall {result['wall']:6.1f} s, "
+                    print(f"  {sweep:6} {kind:8} repeat {number + 1}: wall {result['wall']:6.1f} s, "
                           f"epochs {result['epoch_seconds']:6.1f} s, efficiency {result['efficiency']:.2f} "
                           f"(command {result['command']:.1f} s: {result['command_efficiency']:.2f})", flush=True)
     finally:

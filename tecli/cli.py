@@ -243,6 +243,10 @@ def sweep(
     executor: str = typer.Option("local", help="local (processes on this machine) or ray (a Ray cluster; pip install 'tecli[ray]')."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. 10.0.0.1:6379 or auto (default: $RAY_ADDRESS, else a cluster of this machine)."),
     gpus_per_run: Optional[float] = typer.Option(None, help="GPUs each run needs with --executor ray --device cuda; fractions share a GPU (default 1)."),
+    keep_warm: Optional[float] = typer.Option(
+        None, help="Ray: keep the sweep's worker processes this many seconds for the next sweep, which then starts at once "
+        "(they hold their CPUs meanwhile; default 0).",
+    ),
     stall_timeout: Optional[float] = typer.Option(
         None, help="Local executor: a run without progress for this many seconds is failed and its worker replaced (default 900)."
     ),
@@ -271,7 +275,8 @@ def sweep(
         from tecli.sweep.run import SweepAborted, make_executor, plan_sweep, run_sweep
 
         runner = make_executor(
-            executor, workers=workers, address=address, gpus_per_run=gpus_per_run, device=device, stall_timeout=stall_timeout
+            executor, workers=workers, address=address, gpus_per_run=gpus_per_run, device=device, stall_timeout=stall_timeout,
+            keep_warm=keep_warm,
         )
         console = Console()
         if dry_run:

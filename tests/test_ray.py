@@ -1,6 +1,7 @@
 """`tecli sweep --executor ray` on a real local Ray cluster (the session's `ray_cluster`):
 the same epochs as the local executor, a killed worker's run resumed bit for bit, a
-stopped driver, two drivers on one file, and the mistakes that must give one line."""
+stopped driver, two drivers on one file, runners kept warm between sweeps, and the
+mistakes that must give one line."""
 
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from sweeps import count, free_port, invoke, sigterm_when_running, statuses, write
+from sweeps import count, free_port, invoke, running_before, sigterm_when_running, statuses, write
 
 from tecli.db.schema import Epoch, Run
 from tecli.db.store import create_db_engine, open_database
@@ -223,6 +224,135 @@ def test_two_ray_drivers_on_one_file_train_each_key_once(tmp_path, ray_cluster):
     assert all("at most 1 at once" in " ".join(output.split()) for output in outputs), outputs  # --workers, as a cap
     assert sorted(status for *_, status in statuses(db)) == ["completed"] * 4  # one run per key
     assert completed_keys(db) == run_keys(sweep_file)
+
+
+KEEP_WARM = 15  # seconds: more than a driver takes to start; the tests wait for the runners to end (the cluster has 2 CPUs)
+POOL = """
+import sys
+from tecli.sweep.ray_cluster import RayCluster
+cluster = RayCluster(address=sys.argv[1])
+cluster.start()
+pool = cluster.warm_pool(start=False)
+if pool is not None and sys.argv[2] == "end":
+    cluster.ray.kill(pool)  # its runners, lent or idle, end with it: it owns them
+sys.exit(0 if pool is not None else 3)
+"""
+
+
+def warm_pool(address: str, action: str = "look") -> bool:
+    """Whether this code's warm pool is on the cluster, asked by a fresh driver; `end` ends it
+    (and with it the runners it owns)."""
+    done = subprocess.run([sys.executable, "-c", POOL, address, action], capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 3), done.stderr
+    return done.returncode == 0
+
+
+def run_pids(db) -> set[int]:
+    engine = open_database(db)
+    try:
+        with Session(engine) as session:
+            return set(session.scalars(select(Run.pid)))
+    finally:
+        engine.dispose()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def test_a_sweep_within_keep_warm_trains_in_the_last_sweep_s_processes_which_then_end(tmp_path, ray_cluster, local_tiny):
+    """The second sweep's runs train in the first one's runner processes, to the same epochs
+    as the local executor's; KEEP_WARM seconds after the second, the runners are gone, and
+    the pool with them once it has been empty EMPTY_END seconds."""
+    sweep_file, local = local_tiny
+    pids = []
+    for name in ("first", "second"):
+        db = tmp_path / f"{name}.db"
+        done = subprocess.run(ray_command(sweep_file, ray_cluster, db, "--keep-warm", KEEP_WARM), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"runners kept warm {KEEP_WARM} s" in " ".join(done.stdout.split())
+        assert epoch_rows(db) == local
+        pids.append(run_pids(db))
+    assert len(pids[0]) == 2 and pids[1] <= pids[0], pids  # the same two processes
+    assert warm_pool(ray_cluster)
+    wait_until(lambda: not any(map(alive, pids[0])), KEEP_WARM + 30, "the warm runners outlived --keep-warm")
+    wait_until(lambda: not warm_pool(ray_cluster), 60, "the empty warm pool did not end")
+
+
+def test_a_killed_driver_s_warm_runners_stop_its_runs_as_interrupted(tmp_path, ray_cluster):
+    """The runners outlive their driver (the pool owns them): when it is killed outright they
+    lose its channel and stop their runs, which record themselves interrupted (not left
+    running for the liveness rules); the same command then completes the grid."""
+    db = tmp_path / "k.db"
+    sweep_file = write(tmp_path, epochs=30)
+    command = ray_command(sweep_file, ray_cluster, db, "--keep-warm", KEEP_WARM)
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: running_before(db, 25) == 2, 120, "two runs never trained at once")
+        pids = run_pids(db)
+        driver.kill()
+        driver.wait()
+        wait_until(lambda: count(db, "running") == 0, 30, f"runs left running: {statuses(db)}")
+    finally:
+        finish(driver)
+    assert count(db, "interrupted") == 2, statuses(db)
+    assert all(map(alive, pids))  # the runners live on, lent to the dead driver until their lease ends
+    assert warm_pool(ray_cluster, "end")  # which the test does not wait for: it ends them with their pool
+    wait_until(lambda: not any(map(alive, pids)), 30, "the pool's runners outlived it")
+    rerun = subprocess.run(command[:-2], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert completed_keys(db) == run_keys(sweep_file)
+
+
+OTHER_CODE = """
+import sys
+import tecli.conditions
+tecli.conditions.code_version = lambda: "src:other"  # as a driver of another version of tecli would be
+from tecli.sweep.ray_cluster import RayCluster
+from tecli.sweep.run import plan_sweep, run_sweep
+cluster = RayCluster(address=sys.argv[1], keep_warm=600)
+plan = plan_sweep(sys.argv[2], sys.argv[3], threads=1, executor=cluster)
+assert run_sweep(plan, executor=cluster).counts() == {"completed": 4}
+"""
+
+
+def test_runners_kept_warm_for_other_code_are_ended_by_the_next_sweep(tmp_path, ray_cluster):
+    """They would hold the cluster's 2 CPUs for 600 s: the sweep of this code ends them at
+    its start, and trains in runners of its own."""
+    sweep_file = write(tmp_path, epochs=1)
+    other = subprocess.run([sys.executable, "-c", OTHER_CODE, ray_cluster, sweep_file, tmp_path / "other.db"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    kept = run_pids(tmp_path / "other.db")
+    assert len(kept) == 2 and all(map(alive, kept))
+    done = subprocess.run(ray_command(sweep_file, ray_cluster, tmp_path / "this.db"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert completed_keys(tmp_path / "this.db") == run_keys(sweep_file)
+    assert not run_pids(tmp_path / "this.db") & kept
+    wait_until(lambda: not any(map(alive, kept)), 30, "the other code's runners outlived the sweep")
+
+
+def test_keep_warm_outside_ray_or_below_zero_is_one_line_exit_2(tmp_path):
+    db = tmp_path / "s.db"
+    for extra, message in (
+        ([], "--address, --gpus-per-run and --keep-warm are for --executor ray; leave them out, or add --executor ray"),
+        (["--executor", "ray"], "--keep-warm must be >= 0 seconds, got -1"),
+    ):
+        result = invoke("sweep", write(tmp_path), "--keep-warm", "-1", *extra, "--db", db)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [f"error: {message}"], result.output
+    assert not db.exists()
 
 
 def test_ray_executor_without_ray_installed_is_one_line_exit_2(tmp_path, monkeypatch):

@@ -1,16 +1,17 @@
-"""RayCluster: a sweep's runs as Ray tasks, each scheduled with the CPU threads (and,
-with --device cuda, the share of a GPU) it needs, anywhere on the cluster.
+"""RayCluster: a sweep's runs on a Ray cluster, trained by runner actors (tecli.sweep.ray_actors),
+each holding the CPU threads (and, with --device cuda, the share of a GPU) a run needs,
+anywhere on the cluster. A runner trains run after run, so imports and kernels load once
+per runner; with --keep-warm the runners outlive the sweep, and the next sweep within that
+time skips their start (seconds: a worker process, torch, tecli, the TE kernels).
 
-The database stays the single source of truth: a task claims its run key there
+The database stays the single source of truth: a runner claims a run key there
 (so any number of drivers train each key once) and records epochs and checkpoints
-as a local run does. Ray reuses its worker processes from task to task, so imports
-and kernels load once per worker. A worker that dies is replaced by Ray and the task
+as a local run does. A runner whose process dies is restarted by Ray and its call
 retried; the retry finds the run's process gone, and resumes the run from its
-checkpoint. Stopping the driver (Ctrl-C, SIGTERM) stops the tasks: it raises a stop
-flag that each task watches from a thread, and cancels them through Ray; either way
-the task's main thread gets KeyboardInterrupt (as SIGINT, held by tecli.stopping
-until a database write is done), and its run records itself interrupted. Ray's cancel
-alone proved unreliable: in loaded CI runs some tasks never got it and trained on.
+checkpoint. Stopping the driver (Ctrl-C, SIGTERM) raises the sweep's stop, which each
+running run watches from a thread: its main thread gets KeyboardInterrupt, and the run
+records itself interrupted. (Ray's cancel proved unreliable: in loaded CI runs some
+tasks never got it and trained on.)
 
 tecli must be installed on every node, the database reachable from every node, and
 the data folder present on every node (or on a shared filesystem).
@@ -27,11 +28,11 @@ from collections.abc import Callable, Sequence
 
 from tecli.errors import UserError, first_line, shown
 from tecli.sweep.executors import Event, ExecutorLost, Task
+from tecli.sweep.ray_actors import LEASE, RETRIES, Channel, new_runner
 
-RETRIES = 3  # times a task is retried after its worker process died
-STOP_GRACE = 60.0  # seconds cancelled runs get to record themselves interrupted
+STOP_GRACE = 60.0  # seconds stopped runs get to record themselves interrupted
 CONNECT_TIMEOUT = 5.0
-STOP_POLL = 0.5  # seconds between a task's looks at the stop flag
+POOL_TRIES = 3  # a warm pool may end itself (empty) just as a driver asks it for runners
 
 
 def _import_ray():
@@ -44,7 +45,12 @@ def _import_ray():
 
 class RayCluster:
     def __init__(
-        self, address: str | None = None, gpus_per_run: float | None = None, device: str = "cpu", max_running: int | None = None
+        self,
+        address: str | None = None,
+        gpus_per_run: float | None = None,
+        device: str = "cpu",
+        max_running: int | None = None,
+        keep_warm: float = 0.0,
     ):
         self.ray = _import_ray()
         if device not in ("cpu", "cuda"):
@@ -57,6 +63,9 @@ class RayCluster:
         self.address = address
         self.gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
         self.max_running = max_running
+        if not keep_warm >= 0:
+            raise UserError(f"--keep-warm must be >= 0 seconds, got {keep_warm:g}")
+        self.keep_warm = keep_warm
 
     def start(self) -> None:
         """Join the cluster at `address` ($RAY_ADDRESS if None; a new one on this machine if neither)."""
@@ -85,7 +94,8 @@ class RayCluster:
         resources = self.ray.cluster_resources()
         gpus = f", {resources.get('GPU', 0):g} GPU(s), {self.gpus:g} per run" if self.gpus else ""
         cap = f", at most {self.max_running} at once" if self.max_running else ""
-        return f"Ray cluster of {len(self.ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs{gpus}{cap}"
+        warm = f", runners kept warm {self.keep_warm:g} s" if self.keep_warm else ""
+        return f"Ray cluster of {len(self.ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs{gpus}{cap}{warm}"
 
     def check(self, threads: int, url) -> None:
         """A run no node can hold would wait forever; a SQLite file would be a different
@@ -117,6 +127,40 @@ class RayCluster:
                 total += fits
         return max(1, total)
 
+    def warm_pool(self, start: bool):
+        """The cluster's WarmPool for this version of tecli's code; one is started if there is
+        none and `start`, else None."""
+        from tecli.conditions import code_version
+        from tecli.sweep.ray_actors import POOL_NAMESPACE, WarmPool, pool_name
+
+        name = pool_name(code_version())
+        if start:
+            options = {"name": name, "namespace": POOL_NAMESPACE, "lifetime": "detached", "get_if_exists": True}
+            return self.ray.remote(WarmPool).options(num_cpus=0, **options).remote()
+        try:
+            return self.ray.get_actor(name, namespace=POOL_NAMESPACE)
+        except ValueError:
+            return None
+
+    def end_idle_warm_runners(self, other_code_only: bool = False) -> int:
+        """End the runners kept warm (they hold CPUs) that no sweep uses now, of every version
+        of tecli's code, or of the others only; how many there were. Their pools end once
+        empty."""
+        from tecli.conditions import code_version
+        from tecli.sweep.ray_actors import POOL_NAMESPACE, pool_name
+
+        ours = pool_name(code_version())
+        ended = 0
+        for actor in self.ray.util.list_named_actors(all_namespaces=True):
+            name = actor["name"]
+            if actor["namespace"] != POOL_NAMESPACE or not name.startswith(pool_name("")) or (other_code_only and name == ours):
+                continue
+            try:
+                ended += self.ray.get(self.ray.get_actor(name, namespace=POOL_NAMESPACE).end_idle.remote(), timeout=CONNECT_TIMEOUT)
+            except (ValueError, self.ray.exceptions.RayError):
+                pass  # it ended itself meanwhile, or is of code without end_idle
+        return ended
+
     def run(self, tasks: Sequence[Task], report: Callable[[Event], None]) -> None:
         _Sweep(self, tasks, report).loop()
 
@@ -138,77 +182,23 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-class _StopFlag:
-    """A Ray actor the driver raises to stop its tasks."""
-
-    def __init__(self):
-        self.raised = False
-
-    def set(self) -> None:
-        self.raised = True
-
-    def is_set(self) -> bool:
-        return self.raised
-
-
-def _watch(stop_flag, done) -> None:
-    """In a task's thread: interrupt the main thread (as SIGINT) once the driver raises
-    `stop_flag`, unless the task is `done` first or the driver is gone."""
-    import _thread
-
-    import ray
-
-    while not done.wait(STOP_POLL):
-        try:
-            raised = ray.get(stop_flag.is_set.remote())
-        except ray.exceptions.RayError:
-            return  # the driver and its actors are gone: Ray ends this job's tasks
-        if raised and not done.is_set():
-            _thread.interrupt_main()
-            return
-
-
-def _train(task: Task, events, stop_flag) -> str:
-    """A Ray task: one run, its events sent to the driver's queue, stopped by its flag.
-
-    The stop arrives as SIGINT (from the flag's thread, or Ray's cancel). The workers of a
-    cluster started with SIGINT ignored (from a batch script or a background job: Ray's
-    processes inherit it) would drop it and train to the end, so the task takes SIGINT
-    for its span."""
-    import signal
-    import threading
-
-    from tecli.sweep.executors import train_task
-
-    main = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
-    done = threading.Event()
-    threading.Thread(target=_watch, args=(stop_flag, done), daemon=True, name="tecli stop watch").start()
-    try:
-        return train_task(task, events.put)
-    finally:
-        done.set()
-        if previous is not None:  # (None: a handler set outside Python, which cannot be put back)
-            signal.signal(signal.SIGINT, previous)
-
-
 class _Sweep:
-    """One call of RayCluster.run: tasks submitted (up to the cap), events read, stops handled."""
+    """One call of RayCluster.run: runners hired (up to the cap), tasks handed to free ones,
+    events read, stops handled."""
 
     def __init__(self, cluster: RayCluster, tasks: Sequence[Task], report: Callable[[Event], None]):
-        from ray.util.queue import Queue
-
         self.ray = cluster.ray
         self.cluster = cluster
         self.report = report
-        self.events = Queue(actor_options={"num_cpus": 0})
-        self.stop_flag = self.ray.remote(num_cpus=0)(_StopFlag).remote()
-        self.remote = self.ray.remote(_train)
+        self.channel = self.ray.remote(Channel).options(num_cpus=0).remote()
+        self.runners: dict = {}  # runner -> the warm pool that lent it, or None (this sweep's own)
+        self.calls: dict = {}  # object ref of a runner's train call -> (its task, the runner)
         self.waiting = random.Random().sample(list(tasks), len(tasks))
-        self.running: dict = {}  # object ref -> Task
         self.finished: set[int] = set()
         self.started: dict[int, Event] = {}
+        self.requeued: dict[int, int] = {}  # task index -> times its runner died before the run started
         self.engines: dict = {}
+        self.renewed = time.monotonic()
 
     def engine(self, task: Task):
         from tecli.db.store import create_db_engine
@@ -219,63 +209,74 @@ class _Sweep:
 
     def loop(self) -> None:
         try:
-            while self.waiting or self.running:
-                self.submit()
-                self.read(0.2)
-                self.collect()
-        except self.ray.exceptions.RayError as error:  # the cluster, not a task (collect reads those)
+            while self.waiting or self.calls:
+                self.dispatch()
+                self.wait(0.2)
+                self.renew()
+        except self.ray.exceptions.RayError as error:  # the cluster, not a run (collect reads those)
             self.stop()
             raise ExecutorLost(f"lost the Ray cluster: {first_line(error)}") from None
         except BaseException:  # Ctrl-C, SIGTERM, or the database failing in this process
             self.stop()
             raise
         finally:
-            self.ray.kill(self.events.actor)
-            self.ray.kill(self.stop_flag)
-            for engine in self.engines.values():
-                engine.dispose()
+            self.release()
 
-    def submit(self) -> None:
+    def dispatch(self) -> None:
+        """Hand waiting tasks to free runners, hiring runners up to the cap first.
+
+        By default the cap is what the alive nodes hold at once (looked up each time: nodes
+        come and go); `max_running` (--workers) replaces it: runners beyond what the nodes
+        hold wait in Ray, where an autoscaler sees the demand."""
         from tecli.db.recording import key_taken
 
-        # By default no more tasks than the alive nodes hold at once (looked up each time:
-        # nodes come and go): with tasks queued beyond that, Ray started worker processes
-        # for them beside the busy ones, each importing torch on the cores the runs train
-        # on, and handed later runs to those cold workers (measured: 4 processes for 2
-        # slots, epochs 1.4x slower). `max_running` (--workers) replaces that count: more
-        # than the nodes hold queues the rest in Ray, where an autoscaler sees the demand.
         if not self.waiting:
             return
-        # With the cap at what the cluster holds, a task that said it finished holds its slot
-        # only until it returns: the next one is sent now and waits in Ray for that task's
-        # resources, then runs on the worker it frees (measured: 0.03-0.05 s between runs,
-        # against up to a 0.2 s read per run). Under --workers, Ray may have CPUs free, and
-        # the next one would start a cold worker beside the finishing one: it waits.
         cap = self.cluster.max_running or self.cluster.capacity(self.waiting[0].threads)
-        early = self.cluster.max_running is None
-        busy = sum(not (early and task.index in self.finished) for task in self.running.values())
-        while self.waiting and busy < cap:
-            task = self.waiting.pop(0)
-            if key_taken(self.engine(task), task.spec.run_key()):  # spare the cluster the claim
-                self.report(Event(task.index, "finished", status="skipped", message="claimed elsewhere"))
-                continue
-            options = {"num_cpus": task.threads, "num_gpus": self.cluster.gpus, "max_retries": RETRIES}
-            ref = self.remote.options(**options, name=f"tecli {task.spec.dataset}/{task.spec.variant}/{task.spec.seed}").remote(
-                task, self.events, self.stop_flag
-            )
-            self.running[ref] = task
-            busy += 1
+        busy = {runner for _, runner in self.calls.values()}
+        wanted = min(cap, len(self.waiting) + len(busy))
+        if len(self.runners) < wanted:
+            self.hire(wanted - len(self.runners), self.waiting[0].threads)
+        for runner in [runner for runner in self.runners if runner not in busy]:
+            while self.waiting:
+                task = self.waiting.pop(0)
+                if key_taken(self.engine(task), task.spec.run_key()):  # spare the cluster the claim
+                    self.report(Event(task.index, "finished", status="skipped", message="claimed elsewhere"))
+                    continue
+                self.calls[runner.train.remote(task, self.channel)] = (task, runner)
+                break
 
-    def read(self, timeout: float) -> None:
-        from ray.util.queue import Empty
+    def hire(self, count: int, threads: int) -> None:
+        """`count` more runners. From the warm pool where there is one (it starts those it
+        lacks; without --keep-warm they end with this sweep): a sweep without --keep-warm
+        still uses the runners an earlier sweep kept, which would hold the CPUs it needs."""
+        shape = (threads, self.cluster.gpus)
+        if not self.runners:  # this sweep's first: runners kept by other code would hold CPUs it needs
+            self.cluster.end_idle_warm_runners(other_code_only=True)
+        for attempt in range(POOL_TRIES):
+            pool = self.cluster.warm_pool(start=self.cluster.keep_warm > 0)
+            if pool is None:
+                self.runners.update((new_runner(*shape), None) for _ in range(count))
+                return
+            try:
+                self.runners.update((runner, pool) for runner in self.ray.get(pool.take.remote(shape, count, self.cluster.keep_warm)))
+                return
+            except self.ray.exceptions.RayActorError:  # it ended itself (empty) as we asked
+                if attempt == POOL_TRIES - 1:
+                    raise
 
-        try:
-            event = self.events.get(timeout=timeout)
-            while True:
-                self.handle(event)
-                event = self.events.get_nowait()
-        except Empty:
-            pass
+    def wait(self, timeout: float) -> None:
+        """Until a call returns or `timeout` passes; then report the events and the calls that returned."""
+        done = []
+        if self.calls:
+            self.ray.wait(list(self.calls), num_returns=1, timeout=timeout)
+            done, _ = self.ray.wait(list(self.calls), num_returns=len(self.calls), timeout=0)
+        else:
+            time.sleep(timeout)
+        for event in self.ray.get(self.channel.drain.remote()):  # a returned call's events are all there
+            self.handle(event)
+        for ref in done:
+            self.collect(ref)
 
     def handle(self, event: Event) -> None:
         if event.index in self.finished:
@@ -286,21 +287,22 @@ class _Sweep:
             self.finished.add(event.index)
         self.report(event)
 
-    def collect(self) -> None:
-        """Tasks that returned: their last events are in the queue (puts are synchronous);
-        one that raised after its retries never said it finished, and is reported failed."""
-        if not self.running:
-            return
-        done, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
-        if done:
-            self.read(0)
-        for ref in done:
-            task = self.running.pop(ref)
-            try:
-                self.ray.get(ref)
-            except Exception as error:
-                if task.index not in self.finished:
-                    self.lost(task, f"Ray task failed: {first_line(error)}")
+    def collect(self, ref) -> None:
+        """A returned call: one that raised after its retries never said its run finished,
+        which is reported failed; a runner that died for good is let go, and a task it had
+        not started goes to another (a warm runner may have died while idle)."""
+        task, runner = self.calls.pop(ref)
+        try:
+            self.ray.get(ref)
+        except Exception as error:
+            if isinstance(error, self.ray.exceptions.RayActorError):
+                del self.runners[runner]
+                self.requeued[task.index] = self.requeued.get(task.index, 0) + 1
+                if task.index not in self.started and self.requeued[task.index] <= RETRIES:
+                    self.waiting.insert(0, task)
+                    return
+            if task.index not in self.finished:
+                self.lost(task, f"Ray task failed: {first_line(error)}")
 
     def lost(self, task: Task, message: str, status: str = "failed") -> None:
         from tecli.db.recording import end_running
@@ -312,27 +314,52 @@ class _Sweep:
         self.finished.add(task.index)
         self.report(Event(task.index, "finished", run_id=started.run_id if started else None, status=status, message=message))
 
+    def renew(self) -> None:
+        """Keep the warm pool's lease on this sweep's runners (a dead driver's come back to it)."""
+        if time.monotonic() - self.renewed > LEASE / 4:
+            for pool, runners in self.lent().items():
+                pool.renew.remote(runners)
+            self.renewed = time.monotonic()
+
+    def lent(self) -> dict:
+        """warm pool -> the runners it lent this sweep"""
+        by_pool: dict = {}
+        for runner, pool in self.runners.items():
+            if pool is not None:
+                by_pool.setdefault(pool, []).append(runner)
+        return by_pool
+
     def stop(self) -> None:
-        """Stop every task (its flag, and Ray's cancel); running ones get KeyboardInterrupt and
-        record themselves interrupted."""
+        """Raise the sweep's stop: running runs get KeyboardInterrupt and record themselves
+        interrupted. Runners still busy after STOP_GRACE are ended."""
         try:
-            self.ray.get(self.stop_flag.set.remote(), timeout=CONNECT_TIMEOUT)
+            self.ray.get(self.channel.stop.remote(), timeout=CONNECT_TIMEOUT)
         except self.ray.exceptions.RayError:
-            pass  # the cluster is failing: cancel is all there is
-        for ref in self.running:
-            self.ray.cancel(ref)
+            pass  # the cluster is failing; runners that lose the channel stop too
         deadline = time.monotonic() + STOP_GRACE
-        while self.running and time.monotonic() < deadline:
+        while self.calls and time.monotonic() < deadline:
             try:
-                self.read(0.2)
-                done, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
-                for ref in done:
-                    del self.running[ref]
+                self.wait(0.2)
             except Exception:
                 break  # reporting may fail with the database; stopping must not
+        for _, runner in self.calls.values():
+            del self.runners[runner]
+            try:
+                self.ray.kill(runner, no_restart=True)
+            except self.ray.exceptions.RayError:
+                pass  # the cluster is gone, and the runner with it
+        self.calls.clear()
+
+    def release(self) -> None:
+        """The runners back to the warm pool, or ended; the channel ended; engines closed."""
         try:
-            self.read(0)
-        except Exception:
-            pass
-        for ref in self.running:
-            self.ray.cancel(ref, force=True)
+            for runner, pool in self.runners.items():
+                if pool is None:
+                    self.ray.kill(runner, no_restart=True)
+            self.ray.get([pool.give_back.remote(runners) for pool, runners in self.lent().items()], timeout=CONNECT_TIMEOUT)
+            self.ray.kill(self.channel)
+        except self.ray.exceptions.RayError:
+            pass  # the cluster is gone; so are they, or the pool's lease brings them back
+        finally:
+            for engine in self.engines.values():
+                engine.dispose()

@@ -102,16 +102,18 @@ def make_executor(
     kind: str = "local", *, workers: int | None = None, address: str | None = None, gpus_per_run: float | None = None,
     device: str = "cpu",
     stall_timeout: float | None = None,
+    keep_warm: float | None = None,
 ) -> Executor:
     """The executor `tecli sweep` options name, checked (UserError) but not yet started.
     local: `workers` (default 1) warm processes here, a run with no progress for
     `stall_timeout` seconds failed. ray: runs spread over a Ray cluster by the resources
-    they need, at most `workers` at a time if given."""
+    they need, at most `workers` at a time if given, its runners kept for the next sweep
+    `keep_warm` seconds after this one (default 0: ended with it)."""
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if kind == "local":
-        if address is not None or gpus_per_run is not None:
-            raise UserError("--address and --gpus-per-run are for --executor ray; leave them out, or add --executor ray")
+        if address is not None or gpus_per_run is not None or keep_warm is not None:
+            raise UserError("--address, --gpus-per-run and --keep-warm are for --executor ray; leave them out, or add --executor ray")
         if stall_timeout is not None and not stall_timeout > 0:
             raise UserError(f"--stall-timeout must be > 0 seconds, got {stall_timeout:g}")
         return LocalPool(workers or 1, stall_timeout=stall_timeout or STALL_TIMEOUT)
@@ -120,7 +122,7 @@ def make_executor(
 
         if stall_timeout is not None:
             raise UserError("--stall-timeout is for the local executor; Ray watches its own workers")
-        return RayCluster(address=address, gpus_per_run=gpus_per_run, device=device, max_running=workers)
+        return RayCluster(address=address, gpus_per_run=gpus_per_run, device=device, max_running=workers, keep_warm=keep_warm or 0.0)
     raise UserError(f"--executor must be local or ray, got {kind!r}")
 
 
