@@ -75,10 +75,7 @@ def ray_cluster(tmp_path_factory):
         "--port", str(port), "--num-cpus", "2",
         "--include-dashboard=false", "--disable-usage-stats",
     ]  # fmt: skip
-    # Ray ends idle workers beyond one per CPU, across drivers: each driver subprocess would
-    # leave this process's workers ended, and its next sweep would wait for fresh ones
-    # (torch imported, TE kernels loaded: seconds each). A few more stay warm.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_num_workers_soft_limit": "6"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     # Started with SIGINT ignored, as a batch script or a background job starts it: Ray's
     # processes inherit that, and a task's stop (which arrives as SIGINT) must work anyway.
     with log.open("w") as out:

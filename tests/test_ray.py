@@ -23,6 +23,8 @@ from tecli.sweep.file import load_sweep
 TIMING = {"id", "run_id", "seconds", "cpu_seconds", "te_seconds", "recorded_at"}
 METRICS = [column.name for column in Epoch.__table__.columns if column.name not in TIMING]
 
+KEEP_WARM = 15  # seconds: more than a driver takes to start; the tests wait for the runners to end (the cluster has 2 CPUs)
+
 # Two variants that differ in their names only: one training, bit for bit, under two run keys.
 TWINS = """
 name = "twins"
@@ -194,7 +196,7 @@ def test_sigterm_to_the_ray_driver_exits_130_and_a_rerun_completes(tmp_path, ray
     # A run's set-up on a fresh Ray worker takes seconds, and the stop must land before its
     # last epoch: 8 digits epochs (2 s) were done before it under a loaded CI run.
     sweep_file = write(tmp_path, epochs=30)
-    command = ray_command(sweep_file, ray_cluster, db)
+    command = ray_command(sweep_file, ray_cluster, db, "--keep-warm", KEEP_WARM)
     code, stdout, stderr = sigterm_when_running(command, db)
     assert code == 130, stdout + stderr
     assert "sweep interrupted; run the same command again to resume" in stderr
@@ -203,9 +205,21 @@ def test_sigterm_to_the_ray_driver_exits_130_and_a_rerun_completes(tmp_path, ray
     assert count(db, "running") == 0 and count(db, "interrupted") >= 1, (statuses(db), stderr)
     assert count(db, "interrupted") + count(db, "completed") == len(statuses(db)) >= 2
 
-    rerun = invoke(*command[3:])  # the same command, in this process (whose Ray workers are warm)
+    stopped = run_pids(db)
+    rerun = invoke(*command[3:])  # the same command, in this process
     assert rerun.exit_code == 0, rerun.output
-    assert "0 failed, 0 interrupted" in rerun.output
+    assert "0 failed, 0 interrupted" in rerun.output  # the stop did not outlive the stopped runs
+    assert completed_keys(db) == run_keys(sweep_file)
+    assert run_pids(db) & stopped  # trained by the stopped sweep's runners, kept warm
+
+
+def test_more_runs_at_once_than_the_cluster_holds_queue_the_rest_and_complete(tmp_path, ray_cluster):
+    """--workers 3 on 2 CPUs: the third runner waits for a CPU that the other two hold until
+    nothing is left for them, and is handed no run before it starts."""
+    db = tmp_path / "w.db"
+    sweep_file = write(tmp_path, epochs=1)
+    done = subprocess.run(ray_command(sweep_file, ray_cluster, db, "--workers", "3"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
     assert completed_keys(db) == run_keys(sweep_file)
 
 
@@ -226,7 +240,6 @@ def test_two_ray_drivers_on_one_file_train_each_key_once(tmp_path, ray_cluster):
     assert completed_keys(db) == run_keys(sweep_file)
 
 
-KEEP_WARM = 15  # seconds: more than a driver takes to start; the tests wait for the runners to end (the cluster has 2 CPUs)
 POOL = """
 import sys
 from tecli.sweep.ray_cluster import RayCluster

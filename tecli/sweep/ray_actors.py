@@ -17,12 +17,14 @@ tecli.stopping until a database write is done), and the run records itself inter
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
 RETRIES = 3  # times Ray restarts a runner whose process died, and retries its call
 STOP_POLL = 0.5  # seconds between a running run's looks at its sweep's stop
-LEASE = 60.0  # seconds a warm runner stays lent to a driver that has stopped renewing it
+LEASE = 120.0  # seconds a warm runner stays lent to a driver that has stopped renewing it (it renews every 10 s)
 EMPTY_END = 10.0  # seconds a warm pool with no runners stays for a driver that is about to take some
 POOL_NAMESPACE = "tecli"
 
@@ -56,23 +58,34 @@ def new_runner(threads: int, gpus: float):
 
 
 class Runner:
+    def ready(self) -> int:
+        return os.getpid()
+
     def train(self, task, channel) -> str:
         """Train one run, its events put on `channel` (without waiting on each), until done or
         stopped; returns once the channel holds them all.
 
-        The workers of a cluster started with SIGINT ignored (from a batch script or a
-        background job: Ray's processes inherit it) would drop the stop, so the call takes
-        SIGINT for its span."""
+        The stop arrives as SIGINT, which the call takes for its span: the workers of a
+        cluster started with SIGINT ignored (from a batch script or a background job: Ray's
+        processes inherit it) would drop it. Its handler raises only while the run is not
+        done, so a stop that comes as the run ends cannot escape into the next run of this
+        (warm) runner."""
         import signal
 
         import ray
 
         from tecli.sweep.executors import train_task
 
-        main = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
         done = threading.Event()
-        threading.Thread(target=_watch, args=(channel, done), daemon=True, name="tecli stop watch").start()
+        lock = threading.Lock()
+
+        def on_sigint(signum, frame) -> None:
+            if not done.is_set():
+                raise KeyboardInterrupt
+
+        main = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
+        previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+        threading.Thread(target=_watch, args=(channel, done, lock), daemon=True, name="tecli stop watch").start()
         puts = []
 
         def put(event) -> None:
@@ -81,7 +94,8 @@ class Runner:
         try:
             return train_task(task, put)
         finally:
-            done.set()
+            with lock:  # the watch interrupts no more
+                done.set()
             if previous is not None:  # (None: a handler set outside Python, which cannot be put back)
                 signal.signal(signal.SIGINT, previous)
             try:
@@ -90,7 +104,7 @@ class Runner:
                 pass  # the driver is gone, and no one reads them
 
 
-def _watch(channel, done: threading.Event) -> None:
+def _watch(channel, done: threading.Event, lock: threading.Lock) -> None:
     """In a run's thread: interrupt the main thread (as SIGINT) once the sweep is stopped or
     its driver is gone (a warm runner outlives it), unless the run is `done` first."""
     import _thread
@@ -102,8 +116,10 @@ def _watch(channel, done: threading.Event) -> None:
             stop = ray.get(channel.stopped.remote())
         except ray.exceptions.RayError:
             stop = True
-        if stop and not done.is_set():
-            _thread.interrupt_main()
+        if stop:
+            with lock:
+                if not done.is_set():
+                    _thread.interrupt_main()
             return
 
 
@@ -126,8 +142,8 @@ class WarmPool:
         threading.Thread(target=self._expire, daemon=True, name="tecli warm pool").start()
 
     def take(self, shape: tuple, count: int, keep_warm: float) -> list:
-        """`count` runners of `shape`, warm ones first. Idle runners of other shapes are
-        ended: they hold CPUs that this sweep may need."""
+        """`count` runners of `shape`, warm ones first. The idle runners left are ended: they
+        hold CPUs that this sweep, or another job, may need."""
         with self.lock:
             taken = [runner for runner, (their_shape, _) in self.idle.items() if their_shape == shape][:count]
             for runner in taken:
@@ -166,22 +182,31 @@ class WarmPool:
                     self.idle[runner] = (shape, time.monotonic() + keep_warm)
 
     def _expire(self) -> None:
-        import ray
-
         while True:
             time.sleep(1.0)
-            with self.lock:
-                now = time.monotonic()
-                for runner, (shape, keep_warm, lease_end) in list(self.lent.items()):
-                    if lease_end < now:
-                        del self.lent[runner]
-                        self.idle[runner] = (shape, now + keep_warm)
-                for runner, (_, end) in list(self.idle.items()):
-                    if end < now:
-                        ray.kill(runner, no_restart=True)
-                        del self.idle[runner]
-                if self.idle or self.lent:
-                    self.empty_since = now
-                elif now - self.empty_since > EMPTY_END:
-                    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            try:
+                if self._expired():
                     return
+            except Exception as error:  # (a GCS hiccup): the next second tries again; the pool must not outlive its runners
+                print(f"tecli warm pool: {error!r}", file=sys.stderr)
+
+    def _expired(self) -> bool:
+        """End the runners whose keep-warm time is out; True once the pool has ended itself."""
+        import ray
+
+        with self.lock:
+            now = time.monotonic()
+            for runner, (shape, keep_warm, lease_end) in list(self.lent.items()):
+                if lease_end < now:
+                    del self.lent[runner]
+                    self.idle[runner] = (shape, now + keep_warm)
+            for runner, (_, end) in list(self.idle.items()):
+                if end < now:
+                    ray.kill(runner, no_restart=True)
+                    del self.idle[runner]
+            if self.idle or self.lent:
+                self.empty_since = now
+            elif now - self.empty_since > EMPTY_END:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return True
+        return False

@@ -28,11 +28,13 @@ from collections.abc import Callable, Sequence
 
 from tecli.errors import UserError, first_line, shown
 from tecli.sweep.executors import Event, ExecutorLost, Task
-from tecli.sweep.ray_actors import LEASE, RETRIES, Channel, new_runner
+from tecli.sweep.ray_actors import RETRIES, Channel, new_runner
 
 STOP_GRACE = 60.0  # seconds stopped runs get to record themselves interrupted
 CONNECT_TIMEOUT = 5.0
+HEAD_NODE = "node:__internal_head__"  # the resource Ray gives the head node only
 POOL_TRIES = 3  # a warm pool may end itself (empty) just as a driver asks it for runners
+RENEW = 10.0  # seconds between a driver's renewals of its lease on warm runners (LEASE: 120)
 
 
 def _import_ray():
@@ -63,7 +65,7 @@ class RayCluster:
         self.address = address
         self.gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
         self.max_running = max_running
-        if not keep_warm >= 0:
+        if not 0 <= keep_warm < math.inf:
             raise UserError(f"--keep-warm must be >= 0 seconds, got {keep_warm:g}")
         self.keep_warm = keep_warm
 
@@ -136,7 +138,8 @@ class RayCluster:
         name = pool_name(code_version())
         if start:
             options = {"name": name, "namespace": POOL_NAMESPACE, "lifetime": "detached", "get_if_exists": True}
-            return self.ray.remote(WarmPool).options(num_cpus=0, **options).remote()
+            # On the head node, whose loss ends the cluster anyway: the runners end with their pool.
+            return self.ray.remote(WarmPool).options(num_cpus=0, resources={HEAD_NODE: 0.001}, **options).remote()
         try:
             return self.ray.get_actor(name, namespace=POOL_NAMESPACE)
         except ValueError:
@@ -147,6 +150,8 @@ class RayCluster:
         of tecli's code, or of the others only; how many there were. Their pools end once
         empty."""
         from tecli.conditions import code_version
+
+        self.start()
         from tecli.sweep.ray_actors import POOL_NAMESPACE, pool_name
 
         ours = pool_name(code_version())
@@ -183,15 +188,20 @@ def _check_reachable(address: str | None) -> None:
 
 
 class _Sweep:
-    """One call of RayCluster.run: runners hired (up to the cap), tasks handed to free ones,
-    events read, stops handled."""
+    """One call of RayCluster.run: runners hired (up to the cap), tasks handed to those
+    started and free, events read, stops handled."""
 
     def __init__(self, cluster: RayCluster, tasks: Sequence[Task], report: Callable[[Event], None]):
         self.ray = cluster.ray
         self.cluster = cluster
         self.report = report
-        self.channel = self.ray.remote(Channel).options(num_cpus=0).remote()
+        self.here = self.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+            self.ray.get_runtime_context().get_node_id(), soft=False
+        )  # (the channel: on the driver's node, whose loss ends the sweep anyway)
+        self.channel = self.ray.remote(Channel).options(num_cpus=0, scheduling_strategy=self.here).remote()
         self.runners: dict = {}  # runner -> the warm pool that lent it, or None (this sweep's own)
+        self.starting: dict = {}  # object ref of a hired runner's ready call -> the runner
+        self.ready: set = set()  # runners that have started (a task handed to one that cannot start would wait forever)
         self.calls: dict = {}  # object ref of a runner's train call -> (its task, the runner)
         self.waiting = random.Random().sample(list(tasks), len(tasks))
         self.finished: set[int] = set()
@@ -212,7 +222,6 @@ class _Sweep:
             while self.waiting or self.calls:
                 self.dispatch()
                 self.wait(0.2)
-                self.renew()
         except self.ray.exceptions.RayError as error:  # the cluster, not a run (collect reads those)
             self.stop()
             raise ExecutorLost(f"lost the Ray cluster: {first_line(error)}") from None
@@ -223,21 +232,24 @@ class _Sweep:
             self.release()
 
     def dispatch(self) -> None:
-        """Hand waiting tasks to free runners, hiring runners up to the cap first.
+        """Hand waiting tasks to started, free runners, hiring runners up to the cap first;
+        once none is waiting, let the free runners go (their CPUs are of use elsewhere).
 
         By default the cap is what the alive nodes hold at once (looked up each time: nodes
         come and go); `max_running` (--workers) replaces it: runners beyond what the nodes
         hold wait in Ray, where an autoscaler sees the demand."""
         from tecli.db.recording import key_taken
 
+        busy = {runner for _, runner in self.calls.values()}
         if not self.waiting:
+            for runner in [runner for runner in self.runners if runner not in busy]:
+                self.let_go(runner)
             return
         cap = self.cluster.max_running or self.cluster.capacity(self.waiting[0].threads)
-        busy = {runner for _, runner in self.calls.values()}
         wanted = min(cap, len(self.waiting) + len(busy))
         if len(self.runners) < wanted:
             self.hire(wanted - len(self.runners), self.waiting[0].threads)
-        for runner in [runner for runner in self.runners if runner not in busy]:
+        for runner in [runner for runner in self.ready if runner not in busy]:
             while self.waiting:
                 task = self.waiting.pop(0)
                 if key_taken(self.engine(task), task.spec.run_key()):  # spare the cluster the claim
@@ -255,28 +267,46 @@ class _Sweep:
             self.cluster.end_idle_warm_runners(other_code_only=True)
         for attempt in range(POOL_TRIES):
             pool = self.cluster.warm_pool(start=self.cluster.keep_warm > 0)
-            if pool is None:
-                self.runners.update((new_runner(*shape), None) for _ in range(count))
-                return
             try:
-                self.runners.update((runner, pool) for runner in self.ray.get(pool.take.remote(shape, count, self.cluster.keep_warm)))
-                return
-            except self.ray.exceptions.RayActorError:  # it ended itself (empty) as we asked
+                hired = [new_runner(*shape) for _ in range(count)] if pool is None else self.ray.get(
+                    pool.take.remote(shape, count, self.cluster.keep_warm)
+                )
+                break
+            except self.ray.exceptions.ActorDiedError:  # it ended itself (empty) as we asked
                 if attempt == POOL_TRIES - 1:
                     raise
+                time.sleep(0.5)
+        for runner in hired:
+            self.runners[runner] = pool
+            self.starting[runner.ready.remote()] = runner
 
     def wait(self, timeout: float) -> None:
-        """Until a call returns or `timeout` passes; then report the events and the calls that returned."""
+        """Until a call returns, a runner starts or `timeout` passes; then report the events
+        and the calls that returned, and renew the warm pool's lease."""
+        refs = [*self.calls, *self.starting]
         done = []
-        if self.calls:
-            self.ray.wait(list(self.calls), num_returns=1, timeout=timeout)
-            done, _ = self.ray.wait(list(self.calls), num_returns=len(self.calls), timeout=0)
+        if refs:
+            self.ray.wait(refs, num_returns=1, timeout=timeout)
+            done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
         else:
             time.sleep(timeout)
         for event in self.ray.get(self.channel.drain.remote()):  # a returned call's events are all there
             self.handle(event)
         for ref in done:
-            self.collect(ref)
+            if ref in self.starting:
+                self.started_up(ref)
+            else:
+                self.collect(ref)
+        self.renew()
+
+    def started_up(self, ref) -> None:
+        runner = self.starting.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.ActorDiedError:  # it could not start, or died since (a warm one)
+            self.runners.pop(runner, None)
+            return
+        self.ready.add(runner)
 
     def handle(self, event: Event) -> None:
         if event.index in self.finished:
@@ -290,13 +320,14 @@ class _Sweep:
     def collect(self, ref) -> None:
         """A returned call: one that raised after its retries never said its run finished,
         which is reported failed; a runner that died for good is let go, and a task it had
-        not started goes to another (a warm runner may have died while idle)."""
+        not started goes to another."""
         task, runner = self.calls.pop(ref)
         try:
             self.ray.get(ref)
         except Exception as error:
-            if isinstance(error, self.ray.exceptions.RayActorError):
-                del self.runners[runner]
+            if isinstance(error, self.ray.exceptions.ActorDiedError):
+                self.runners.pop(runner, None)
+                self.ready.discard(runner)
                 self.requeued[task.index] = self.requeued.get(task.index, 0) + 1
                 if task.index not in self.started and self.requeued[task.index] <= RETRIES:
                     self.waiting.insert(0, task)
@@ -315,8 +346,8 @@ class _Sweep:
         self.report(Event(task.index, "finished", run_id=started.run_id if started else None, status=status, message=message))
 
     def renew(self) -> None:
-        """Keep the warm pool's lease on this sweep's runners (a dead driver's come back to it)."""
-        if time.monotonic() - self.renewed > LEASE / 4:
+        """Keep the warm pools' lease on this sweep's runners (a dead driver's go back)."""
+        if time.monotonic() - self.renewed > RENEW:
             for pool, runners in self.lent().items():
                 pool.renew.remote(runners)
             self.renewed = time.monotonic()
@@ -329,9 +360,20 @@ class _Sweep:
                 by_pool.setdefault(pool, []).append(runner)
         return by_pool
 
+    def let_go(self, runner, kill: bool = False):
+        """A runner back to its warm pool (the pool's call is returned), or ended (this
+        sweep's own, or `kill`)."""
+        pool = self.runners.pop(runner)
+        self.ready.discard(runner)
+        self.starting = {ref: other for ref, other in self.starting.items() if other != runner}
+        if pool is None or kill:
+            self.ray.kill(runner, no_restart=True)
+            return None
+        return pool.give_back.remote([runner])
+
     def stop(self) -> None:
         """Raise the sweep's stop: running runs get KeyboardInterrupt and record themselves
-        interrupted. Runners still busy after STOP_GRACE are ended."""
+        interrupted. Runners still busy after STOP_GRACE, or at a second Ctrl-C, are ended."""
         try:
             self.ray.get(self.channel.stop.remote(), timeout=CONNECT_TIMEOUT)
         except self.ray.exceptions.RayError:
@@ -340,23 +382,20 @@ class _Sweep:
         while self.calls and time.monotonic() < deadline:
             try:
                 self.wait(0.2)
-            except Exception:
-                break  # reporting may fail with the database; stopping must not
-        for _, runner in self.calls.values():
-            del self.runners[runner]
-            try:
-                self.ray.kill(runner, no_restart=True)
-            except self.ray.exceptions.RayError:
-                pass  # the cluster is gone, and the runner with it
+            except BaseException:
+                break  # reporting may fail with the database, or a second Ctrl-C asks for an end now
+        try:
+            for _, runner in self.calls.values():
+                self.let_go(runner, kill=True)
+        except self.ray.exceptions.RayError:
+            pass  # the cluster is gone, and its runners with it
         self.calls.clear()
 
     def release(self) -> None:
-        """The runners back to the warm pool, or ended; the channel ended; engines closed."""
+        """The runners back to their warm pool, or ended; the channel ended; engines closed."""
         try:
-            for runner, pool in self.runners.items():
-                if pool is None:
-                    self.ray.kill(runner, no_restart=True)
-            self.ray.get([pool.give_back.remote(runners) for pool, runners in self.lent().items()], timeout=CONNECT_TIMEOUT)
+            given_back = [self.let_go(runner) for runner in list(self.runners)]
+            self.ray.get([ref for ref in given_back if ref is not None], timeout=CONNECT_TIMEOUT)  # before this process ends
             self.ray.kill(self.channel)
         except self.ray.exceptions.RayError:
             pass  # the cluster is gone; so are they, or the pool's lease brings them back
