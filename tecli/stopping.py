@@ -4,8 +4,9 @@ Within `stop_signals()` both raise KeyboardInterrupt in the main thread. A signa
 arrives inside `shielded()` (a claim, an epoch's commit, a final status) is held until
 the block ends, so a stop can never leave a transaction half done or a connection in a
 state that would keep the run from recording itself interrupted. A Ray sweep's stop
-(tecli.sweep.ray_actors) arrives as SIGINT and is held the same way. Once a block has raised, further signals are ignored: the run is stopping
-already, and a second KeyboardInterrupt must not cut short its recording.
+(tecli.sweep.ray_actors) arrives as SIGINT and is held the same way. Once a block has
+raised, further signals are ignored: the run is stopping already, and a second
+KeyboardInterrupt must not cut short its recording.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ def new_runner(threads: int, gpus: float):
 
 class Runner:
     def ready(self) -> int:
+        """Answers once the runner has started: its process id."""
         return os.getpid()
 
     def train(self, task, channel) -> str:
@@ -130,9 +131,9 @@ def pool_name(code_version: str) -> str:
 
 class WarmPool:
     """Runners between sweeps, by shape (threads, GPUs). A runner idle for its keep-warm
-    time is ended; so is the pool once it has had none for EMPTY_END seconds. A runner lent to a driver that stops
-    renewing its lease (the driver died) comes back after LEASE seconds. (Actor handles
-    compare and hash by their actor.)"""
+    time is ended; so is the pool once it has had none for EMPTY_END seconds. A runner
+    lent to a driver that stops renewing its lease (the driver died) comes back after
+    LEASE seconds. (Actor handles compare and hash by their actor.)"""
 
     def __init__(self):
         self.lock = threading.Lock()

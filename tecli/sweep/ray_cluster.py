@@ -150,10 +150,9 @@ class RayCluster:
         of tecli's code, or of the others only; how many there were. Their pools end once
         empty."""
         from tecli.conditions import code_version
-
-        self.start()
         from tecli.sweep.ray_actors import POOL_NAMESPACE, pool_name
 
+        self.start()
         ours = pool_name(code_version())
         ended = 0
         for actor in self.ray.util.list_named_actors(all_namespaces=True):
@@ -195,10 +194,10 @@ class _Sweep:
         self.ray = cluster.ray
         self.cluster = cluster
         self.report = report
-        self.here = self.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+        here = self.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             self.ray.get_runtime_context().get_node_id(), soft=False
         )  # (the channel: on the driver's node, whose loss ends the sweep anyway)
-        self.channel = self.ray.remote(Channel).options(num_cpus=0, scheduling_strategy=self.here).remote()
+        self.channel = self.ray.remote(Channel).options(num_cpus=0, scheduling_strategy=here).remote()
         self.runners: dict = {}  # runner -> the warm pool that lent it, or None (this sweep's own)
         self.starting: dict = {}  # object ref of a hired runner's ready call -> the runner
         self.ready: set = set()  # runners that have started (a task handed to one that cannot start would wait forever)
