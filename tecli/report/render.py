@@ -12,6 +12,7 @@ from pathlib import Path
 from tecli.conditions import CONDITION_FIELDS
 from tecli.report.build import Report, condition_keys, condition_text
 from tecli.report.grid import GRID_AUTO, grid_rows
+from tecli.report.records import csv_text, json_records
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -233,22 +234,6 @@ def markdown(report: Report, images: list[Path]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _frame(rows: list[dict]):
-    """Rows as a pandas DataFrame, for csv and json as earlier reports wrote them (pandas' number
-    formats); pandas is imported only here. Conditions stay as they are, so that a NULL thread
-    count beside numbers is null rather than making the others floats."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
-    for name in AS_IS:
-        frame[name] = pd.Series([row[name] for row in rows], dtype=object)
-    return frame
-
-
-def _records(rows: list[dict]) -> list[dict]:
-    return json.loads(_frame(rows).to_json(orient="records", double_precision=15))
-
-
 def to_json(report: Report) -> str:
     return json.dumps(
         {
@@ -258,8 +243,8 @@ def to_json(report: Report) -> str:
             "clock": report.clock,
             "unclocked_runs": report.unclocked,
             "grid": {d: [g["variant"] for g in grid_rows(report.groups, d, report.baseline)] for d in report.grid},
-            "groups": _records(report.groups),
-            "runs": _records(report.runs),
+            "groups": json_records(report.groups, AS_IS),
+            "runs": json_records(report.runs, AS_IS),
             "statements": report.statements,
             "excluded": report.excluded,
             "observed": report.observed,
@@ -269,7 +254,7 @@ def to_json(report: Report) -> str:
 
 
 def to_csv(report: Report) -> str:
-    return _frame(report.groups).to_csv(index=False)
+    return csv_text(report.groups, AS_IS)
 
 
 def html_head(title: str) -> str:
