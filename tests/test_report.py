@@ -84,6 +84,7 @@ def fill(tmp_path, conditions=lambda te, seed: TEST_CONDITIONS, path=None):
         spec = RunSpec(dataset=dataset, seed=seed, epochs=3, lr=lr, te=TEConfig() if te else None)
         epochs = [epoch_result(epoch, acc, seconds, te_seconds) for epoch, acc in enumerate(accs, 1)]
         record_run(engine, spec, epochs, RunStatus(status), cond, sweep_id if in_sweep else None)
+        engine.dispose()  # no connection left open to a server between calls (the engine reconnects when used)
 
     for seed in range(4):
         add("usps", seed, False, BASE[seed], 1.0, 0.0, cond=conditions(False, seed))
@@ -508,7 +509,9 @@ def test_csv_and_json_are_what_pandas_wrote(db):
     what DataFrame.to_csv and to_json(double_precision=15) wrote of the same rows."""
     from test_report_records import pandas_frame, pandas_records
 
-    result = build_report(open_database(db[0], create=False))
+    engine = open_database(db[0], create=False)
+    result = build_report(engine)
+    engine.dispose()
     assert report(db, "--format", "csv") == pandas_frame(result.groups, AS_IS).to_csv(index=False)
     data = json.loads(report(db, "--format", "json"))
     assert json.dumps(data["groups"]) == json.dumps(pandas_records(result.groups, AS_IS))
