@@ -82,3 +82,10 @@ def test_json_float_equals_pandas_encoder_on_a_million_values():
     got = [json_float(v) for v in values.tolist()]
     assert got == expected
     assert sum(g != round(v, 15) for g, v in zip(got, values.tolist())) > 1000  # the rule is pandas', not round()
+
+
+def test_a_value_of_another_type_is_refused_rather_than_written_unlike_pandas():
+    """pandas writes np.float32(0.1) as 0.10000000149011612 and types np.int64 apart; rows hold none."""
+    for value in (np.float32(0.1), np.int64(3), np.float64(0.5)):
+        with pytest.raises(TypeError, match="column 'x' holds a"):
+            csv_text([{"x": value}, {"x": 0.2}])

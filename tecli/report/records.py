@@ -63,11 +63,17 @@ def json_float(value: float) -> float | None:
     return -rounded if value < 0 else rounded
 
 
+_TYPES = (type(None), bool, int, float, str)  # what report rows hold (no NumPy scalars: pandas types those apart)
+
+
 def _columns(rows: list[dict], as_is: tuple[str, ...]) -> list[tuple[str, str, list]]:
     names = list(dict.fromkeys(name for row in rows for name in row))
     out = []
     for name in names:
         values = [row.get(name) for row in rows]
+        odd = next((v for v in values if type(v) not in _TYPES), None)
+        if odd is not None:
+            raise TypeError(f"column {name!r} holds a {type(odd).__name__}: only None, bool, int, float and str are written as pandas wrote them")
         out.append((name, _AS_IS if name in as_is else column_kind(values), values))
     return out
 
