@@ -1,6 +1,6 @@
 """The `tecli` command line: thin Typer commands that parse, call and print.
 
-Heavy libraries (torch, numba, pandas, SQLAlchemy) are imported inside the
+Heavy libraries (torch, numba, SQLAlchemy, matplotlib) are imported inside the
 commands that need them, so `tecli --help` starts fast.
 """
 
