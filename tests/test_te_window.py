@@ -226,7 +226,8 @@ def test_a_window_without_sources_or_targets_pushes_and_reads_nothing(parallel, 
 
 def test_a_restored_state_that_no_window_can_reach_is_refused():
     """The kernels read the k log2 k table at cell counts without bounds checks: a state whose
-    counts contradict each other (from a damaged checkpoint) is refused, and a real one loads."""
+    counts contradict each other (from a damaged checkpoint) is refused, leaving the window
+    as it was, and a real one loads."""
     rng = np.random.default_rng(7)
     window = SlidingPairTE(4, 3, np.array([[0, 0], [3, 2], [1, 1]]), window_blocks=2, delay=1)
     for _ in range(3):
@@ -243,7 +244,9 @@ def test_a_restored_state_that_no_window_can_reach_is_refused():
         state = {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in good.items()}
         damage(state)
         with pytest.raises(ValueError, match="window state is inconsistent"):
-            SlidingPairTE(4, 3, np.array([[0, 0], [3, 2], [1, 1]]), window_blocks=2, delay=1).load_state_dict(state)
+            window.load_state_dict(state)
+        after = window.state_dict()
+        assert all(np.array_equal(after[key], value) for key, value in good.items()), name
 
 
 def test_activations_of_another_dtype_are_refused_on_every_route():

@@ -587,33 +587,54 @@ def _pairs(a, b, ab, c, pairs, slot_pair, total_pair, n_total, total_target, tot
         _pair_phase(a, b, ab, c, pairs, slot_pair, total_pair, n_total, total_target, total_source, klogk, te, dense)
 
 
+@nb.njit(inline="always")
+def _advance(ring_n, position, counted, n, n_total, source_ones, target_ones):
+    """After a block of n triples replaced the counts in ring slot position[0]: its n kept
+    there, the ring at its next slot, n_total triples in the totals, the block's triples and
+    ones counted (see CountRing)."""
+    s = position[0]
+    ring_n[s] = n
+    position[0] = (s + 1) % ring_n.shape[0]
+    position[1] = n_total
+    counted[0] += n
+    counted[1] += source_ones
+    counted[2] += target_ones
+
+
 @nb.njit(cache=True)
-def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, slot_target, slot_source, slot_pair,
-                   n_total, total_target, total_source, total_pair, te, n_blocks, dense):  # fmt: skip
-    """Count the triples into the slot arrays, whose counts they replace, and move the
-    totals (over n_total triples once moved) by the difference, in one pass with no
-    counts array; with te not empty, then the pairs' TE over the totals; the pairs in
-    n_blocks blocks on Numba's threads when n_blocks > 1 (see `_pair_block` for dense).
-    Returns the number of ones among the sources' c and the targets' a, and the flags."""
+def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, ring_n, ring_target, ring_source, ring_pair,
+                   total_target, total_source, total_pair, position, counted, te, n_blocks, dense):  # fmt: skip
+    """Count the triples into the ring slot at position[0], whose counts they replace, and
+    move the totals by the difference, in one pass with no counts array; with te not
+    empty, then the pairs' TE over the totals; the pairs in n_blocks blocks on Numba's
+    threads when n_blocks > 1 (see `_pair_block` for dense); then the ring advanced
+    (`_advance`). Returns the flags (nothing is counted when one is set)."""
+    s = position[0]
+    n = src.shape[1] // src_size - max(1, delay)
+    n_total = position[1] - ring_n[s] + n
     a, b, ab, c, source_ones, target_ones, bad_src, bad_tgt = _replace_streams(
-        src, src_size, tgt, tgt_size, delay, klogk, slot_target, slot_source, total_target, total_source)
+        src, src_size, tgt, tgt_size, delay, klogk, ring_target[s], ring_source[s], total_target, total_source)
     if bad_src or bad_tgt:
-        return 0, 0, bad_src, bad_tgt
-    _pairs(a, b, ab, c, pairs, slot_pair, total_pair, n_total, total_target, total_source, klogk, te, n_blocks, dense)
-    return source_ones, target_ones, False, False
+        return bad_src, bad_tgt
+    _pairs(a, b, ab, c, pairs, ring_pair[s], total_pair, n_total, total_target, total_source, klogk, te, n_blocks, dense)
+    _advance(ring_n, position, counted, n, n_total, source_ones, target_ones)
+    return False, False
 
 
 @nb.njit(cache=True)
 def _thresholded_replace(src_values, src_threshold, src_carry, tgt_values, tgt_threshold, tgt_carry, delay, pairs,
-                         klogk, slot_target, slot_source, slot_pair, n_total, total_target, total_source, total_pair,
-                         te, n_blocks, dense):  # fmt: skip
+                         klogk, ring_n, ring_target, ring_source, ring_pair, total_target, total_source, total_pair,
+                         position, counted, te, n_blocks, dense):  # fmt: skip
     """`_pairs_replace` of a block given as activations and thresholds (its values are
     binary by construction)."""
+    s = position[0]
+    n = src_carry.shape[1] + src_values.shape[0] - max(1, delay)
+    n_total = position[1] - ring_n[s] + n
     a, b, ab, c, source_ones, target_ones = _thresholded_streams(
         src_values, src_threshold, src_carry, tgt_values, tgt_threshold, tgt_carry, delay, klogk,
-        slot_target, slot_source, total_target, total_source)  # fmt: skip
-    _pairs(a, b, ab, c, pairs, slot_pair, total_pair, n_total, total_target, total_source, klogk, te, n_blocks, dense)
-    return source_ones, target_ones
+        ring_target[s], ring_source[s], total_target, total_source)  # fmt: skip
+    _pairs(a, b, ab, c, pairs, ring_pair[s], total_pair, n_total, total_target, total_source, klogk, te, n_blocks, dense)
+    _advance(ring_n, position, counted, n, n_total, source_ones, target_ones)
 
 
 # ---------------------------------------------------------------- the Python side
@@ -631,6 +652,38 @@ class TripleCounts(NamedTuple):
     target: np.ndarray
     source: np.ndarray
     pair: np.ndarray
+
+
+class CountRing(NamedTuple):
+    """A sliding window's counts, which the replace kernels read and advance themselves (no
+    Python between blocks): the counts of its last k blocks in a ring of slots, n (k,)
+    triples and target (k, n_tgt, 3), source (k, n_src), pair (k, P, 3) as in
+    TripleCounts; their totals; position = [the slot the next block replaces, triples in
+    the totals]; counted = [triples, source ones (c), target ones (a)] over every block
+    counted since the ring was made. window.SlidingPairTE owns one."""
+
+    n: np.ndarray
+    target: np.ndarray
+    source: np.ndarray
+    pair: np.ndarray
+    total_target: np.ndarray
+    total_source: np.ndarray
+    total_pair: np.ndarray
+    position: np.ndarray
+    counted: np.ndarray
+
+    @classmethod
+    def empty(cls, k: int, n_sources: int, n_targets: int, n_pairs: int) -> CountRing:
+        """k slots of int32 counts (half the memory of int64: a block's are at most its
+        samples, a window's at most the training set's), all zero."""
+        return cls(np.zeros(k, np.int64), np.zeros((k, n_targets, 3), np.int32), np.zeros((k, n_sources), np.int32),
+                   np.zeros((k, n_pairs, 3), np.int32), np.zeros((n_targets, 3), np.int32),
+                   np.zeros(n_sources, np.int32), np.zeros((n_pairs, 3), np.int32), np.zeros(2, np.int64),
+                   np.zeros(3, np.int64))  # fmt: skip
+
+    def totals(self) -> TripleCounts:
+        """The counts over the window's triples (views of the totals)."""
+        return TripleCounts(int(self.position[1]), self.total_target, self.total_source, self.total_pair)
 
 
 def history(delay: int) -> int:
@@ -667,33 +720,29 @@ def _run_pairs(src, tgt, delay: int, pairs: np.ndarray, te: np.ndarray, names) -
     _check_values(bad_src, bad_tgt, names)
 
 
-def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: int, slot: TripleCounts,
-                   total: TripleCounts, te: np.ndarray | None = None, parallel: bool = True,
-                   dense: bool = False) -> tuple[int, int]:  # fmt: skip
+def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: int, ring: CountRing,
+                   te: np.ndarray | None = None, parallel: bool = True, dense: bool = False) -> None:  # fmt: skip
     """Count the triples of `binary_view`s sources and targets (T > h samples) for checked
-    pairs into `slot`'s arrays, replacing the counts there, and move `total`'s arrays by
-    the difference: what a sliding window does with a new block, without a counts array
-    or a second pass.  total.n is the number of triples once moved (slot.n is not read).
-    With `te` (float64, (P,)), the pairs' TE over the moved totals goes there, from the
-    same pass.  With `parallel` the pairs of a large block are split over Numba's
-    threads.  `dense` says that the pairs are every (source i, target j) in the order
-    p = j * n_sources + i (counted and read without pair indices, faster).  Returns the
-    number of ones among the counted c of the sources and a of the targets."""
+    pairs into the ring's next slot, replacing the block counted there, move the totals
+    by the difference and advance the ring: what a sliding window does with a new block,
+    without a counts array or a second pass.  With `te` (float64, (P,)), the pairs' TE
+    over the moved totals goes there, from the same pass.  With `parallel` the pairs of a
+    large block are split over Numba's threads.  `dense` says that the pairs are every
+    (source i, target j) in the order p = j * n_sources + i (counted and read without
+    pair indices, faster).  Values other than 0 or 1 raise, and leave the ring as it was."""
     n = src.shape[1] - history(delay)
-    _check_read(te, pairs, dense, slot, total)
-    source_ones, target_ones, bad_src, bad_tgt = _pairs_replace(
-        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(max(n, total.n)),
-        slot.target, slot.source, slot.pair, total.n, total.target, total.source, total.pair,
+    _check_read(te, pairs, dense, ring)
+    bad_src, bad_tgt = _pairs_replace(
+        *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(int(ring.position[1]) + n), *ring,
         _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
     )  # fmt: skip
     _check_values(bad_src, bad_tgt, ("sources", "targets"))
-    return int(source_ones), int(target_ones)
 
 
 def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, source_carry: np.ndarray,
                                targets: np.ndarray, target_threshold: float, target_carry: np.ndarray,
-                               pairs: np.ndarray, delay: int, slot: TripleCounts, total: TripleCounts,
-                               te: np.ndarray | None, parallel: bool, dense: bool) -> tuple[int, int]:  # fmt: skip
+                               pairs: np.ndarray, delay: int, ring: CountRing, te: np.ndarray | None,
+                               parallel: bool, dense: bool) -> None:  # fmt: skip
     """`replace_counts` of the block [carry | values > threshold] per neuron: sources and
     targets are (B, n) float32 activations, sample by sample (a layer's output as torch
     holds it), compared with a float32 threshold as NumPy compares them; the carries,
@@ -701,30 +750,30 @@ def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, sou
     take its last h samples.  The training feedback's route for number thresholds: no
     binary block is written, transposed or checked.
 
-    Unchecked, for SlidingPairTE.push_values, which owns the carries and the counts and
+    Unchecked, for SlidingPairTE.push_values, which owns the carries and the ring and
     checks the activations and `te` (`float_rows`, `check_out`) itself: it is called at
     every batch, and checking again the arrays the window made was a third of its Python
     time. The kernel indexes without bounds checks: wrong shapes here corrupt memory."""
     n = sources.shape[0]
-    source_ones, target_ones = _thresholded_replace(
+    _thresholded_replace(
         sources, np.float32(source_threshold), source_carry, targets, np.float32(target_threshold), target_carry,
-        delay, pairs, klogk_table(max(n, total.n)), slot.target, slot.source, slot.pair, total.n, total.target,
-        total.source, total.pair, _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
+        delay, pairs, klogk_table(int(ring.position[1]) + n), *ring, _NO_TE if te is None else te,
+        _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
     )  # fmt: skip
-    return int(source_ones), int(target_ones)
 
 
-def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, slot: TripleCounts, total: TripleCounts) -> None:
-    """The TE out array and the count arrays fit the pairs, and dense pairs are as many as
-    the dense kernel reads (the kernels index without bounds checks)."""
+def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, ring: CountRing) -> None:
+    """The TE out array and the ring fit the pairs, the ring's slot is one of its own, and
+    dense pairs are as many as the dense kernel reads (the kernels index without bounds
+    checks)."""
     if te is not None:
         check_out(te, len(pairs))
-    n_src, n_tgt = slot.source.shape[0], slot.target.shape[0]
-    shapes = ((n_tgt, 3), (n_src,), (len(pairs), 3))
-    if tuple(a.shape for a in slot[1:]) != shapes or tuple(a.shape for a in total[1:]) != shapes:
-        raise ValueError(f"slot and total counts must be of shapes {shapes}")
-    if dense and len(pairs) != n_src * n_tgt:
-        raise ValueError(f"dense pairs must be all {n_src} x {n_tgt}, got {len(pairs)}")
+    k, n_src, n_tgt, n_pairs = len(ring.n), ring.source.shape[-1], ring.target.shape[1], len(pairs)
+    shapes = ((k,), (k, n_tgt, 3), (k, n_src), (k, n_pairs, 3), (n_tgt, 3), (n_src,), (n_pairs, 3), (2,), (3,))
+    if tuple(a.shape for a in ring) != shapes or not 0 <= ring.position[0] < k:
+        raise ValueError(f"the count ring must be of shapes {shapes}, its slot in 0..{k - 1}")
+    if dense and n_pairs != n_src * n_tgt:
+        raise ValueError(f"dense pairs must be all {n_src} x {n_tgt}, got {n_pairs}")
 
 
 def float_rows(values, n: int, width: int) -> bool:

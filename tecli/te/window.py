@@ -43,37 +43,24 @@ class SlidingPairTE:
         self._dense = len(self.pairs) == n_sources * n_targets and bool(
             (self.pairs == np.stack(np.divmod(np.arange(len(self.pairs)), n_sources)[::-1], axis=1)).all())
         self._h = engine.history(self.delay)
-        k, p = self.window_blocks, len(self.pairs)
-        self._ring_n = np.zeros(k, np.int64)
-        # Counts in int32 (half the memory of int64): a block's are at most its samples and
-        # a window's at most the training set's.
-        self._ring_target = np.zeros((k, n_targets, 3), np.int32)
-        self._ring_source = np.zeros((k, n_sources), np.int32)
-        self._ring_pair = np.zeros((k, p, 3), np.int32)
+        self._ring = engine.CountRing.empty(self.window_blocks, n_sources, n_targets, len(self.pairs))
         self._buffers: dict[int, tuple[np.ndarray, ...]] = {}  # samples -> block() buffers and their views
         # Every triple counted since the window was made, summed over its neurons: triples,
         # source ones (c) and target ones (a); the feedback's fire rates come from these.
-        self.counted = np.zeros(3, np.int64)
+        self.counted = self._ring.counted
         self.reset()
 
     def reset(self) -> None:
         """Forget every block and the carried samples: the next push starts a new stream."""
-        for ring in (self._ring_n, self._ring_target, self._ring_source, self._ring_pair):
-            ring[...] = 0
-        self._total = engine.TripleCounts(
-            0,
-            np.zeros((self.n_targets, 3), np.int32),
-            np.zeros(self.n_sources, np.int32),
-            np.zeros((len(self.pairs), 3), np.int32),
-        )
-        self._slot = 0
+        for counts in self._ring[:-1]:  # all but `counted`
+            counts[...] = 0
         self._carry_src = np.zeros((self.n_sources, 0), np.uint8)
         self._carry_tgt = np.zeros((self.n_targets, 0), np.uint8)
 
     @property
     def samples(self) -> int:
         """Number of triples in the current window."""
-        return self._total.n
+        return int(self._ring.position[1])
 
     def block(self, samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Writable (n_sources, samples) and (n_targets, samples) uint8 views in which to
@@ -121,11 +108,8 @@ class SlidingPairTE:
             if te is not None:
                 self.te(te)
             return
-        n = tgt.shape[1] - self._h
-        slot, total = self._next(n)
-        ones = engine.replace_counts(src, tgt, self.pairs, self.delay, slot, total, te, self.parallel, self._dense)  # checks the values too
+        engine.replace_counts(src, tgt, self.pairs, self.delay, self._ring, te, self.parallel, self._dense)  # checks the values too
         self._keep_carry(src, tgt)
-        self._advance(n, total, ones)
 
     def push_values(self, sources: np.ndarray, source_threshold: float, targets: np.ndarray, target_threshold: float,
                     te: np.ndarray | None = None) -> None:  # fmt: skip
@@ -149,27 +133,9 @@ class SlidingPairTE:
             return self.push(np.greater(sources, g_src).T, np.greater(targets, g_tgt).T, te)
         if te is not None:
             engine.check_out(te, len(self.pairs))
-        slot, total = self._next(n)
-        ones = engine.replace_counts_thresholded(sources, source_threshold, self._carry_src, targets, target_threshold,
-                                                 self._carry_tgt, self.pairs, self.delay, slot, total, te,
-                                                 self.parallel, self._dense)  # fmt: skip
-        self._advance(n, total, ones)
-
-    def _next(self, n: int) -> tuple[engine.TripleCounts, engine.TripleCounts]:
-        """The ring slot a block of n triples replaces, and the totals once it has."""
-        s, t = self._slot, self._total
-        slot = engine.TripleCounts(0, self._ring_target[s], self._ring_source[s], self._ring_pair[s])
-        return slot, engine.TripleCounts(t.n - int(self._ring_n[s]) + n, t.target, t.source, t.pair)
-
-    def _advance(self, n: int, total: engine.TripleCounts, ones: tuple[int, int]) -> None:
-        """Account for a block of n triples counted into the next slot (with these ones)."""
-        counted = self.counted
-        counted[0] += n
-        counted[1] += ones[0]
-        counted[2] += ones[1]
-        self._total = total
-        self._ring_n[self._slot] = n
-        self._slot = (self._slot + 1) % self.window_blocks
+        engine.replace_counts_thresholded(sources, source_threshold, self._carry_src, targets, target_threshold,
+                                          self._carry_tgt, self.pairs, self.delay, self._ring, te, self.parallel,
+                                          self._dense)  # fmt: skip
 
     def _keep_carry(self, src: np.ndarray, tgt: np.ndarray) -> None:
         h = self._h
@@ -183,54 +149,56 @@ class SlidingPairTE:
     def te(self, out: np.ndarray | None = None) -> np.ndarray:
         """(P,) TE in bits of each pair over the current window (zeros while empty), into
         `out` when given."""
-        return engine.te_from_counts(self._total, self.pairs, out)
+        return engine.te_from_counts(self._ring.totals(), self.pairs, out)
 
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """Everything the window holds (ring, totals, slot, carried samples), for checkpoints."""
-        total = self._total
+        ring = self._ring
         return {
-            "ring_n": self._ring_n.copy(), "ring_target": self._ring_target.copy(),
-            "ring_source": self._ring_source.copy(), "ring_pair": self._ring_pair.copy(),
-            "total_n": int(total.n), "total_target": total.target.copy(), "total_source": total.source.copy(),
-            "total_pair": total.pair.copy(), "slot": self._slot,
-            "carry_src": self._carry_src.copy(), "carry_tgt": self._carry_tgt.copy(),
+            "ring_n": ring.n.copy(), "ring_target": ring.target.copy(), "ring_source": ring.source.copy(),
+            "ring_pair": ring.pair.copy(), "total_n": int(ring.position[1]), "total_target": ring.total_target.copy(),
+            "total_source": ring.total_source.copy(), "total_pair": ring.total_pair.copy(),
+            "slot": int(ring.position[0]), "carry_src": self._carry_src.copy(), "carry_tgt": self._carry_tgt.copy(),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state_dict of a window with the same pairs, sizes and delay."""
-        for name in ("ring_n", "ring_target", "ring_source", "ring_pair"):
-            ring = getattr(self, f"_{name}")
-            if state[name].shape != ring.shape:
-                raise ValueError(f"window state {name} has shape {state[name].shape}, expected {ring.shape}")
-            ring[...] = state[name]
-        self._total = engine.TripleCounts(
-            int(state["total_n"]),
-            np.array(state["total_target"], np.int32),
-            np.array(state["total_source"], np.int32),
-            np.array(state["total_pair"], np.int32),
-        )
-        self._slot = int(state["slot"])
-        self._carry_src = np.array(state["carry_src"], np.uint8)
-        self._carry_tgt = np.array(state["carry_tgt"], np.uint8)
-        self._check_state()
-
-    def _check_state(self) -> None:
-        """A restored state must be one a window can reach: the kernels index the k log2 k
-        table by its cell counts without bounds checks, so counts that contradict each
-        other (a cell below 0) must not get there."""
-        total, h = self._total, self._h
-        consistent = (
-            0 <= self._slot < self.window_blocks
-            and total.n == self._ring_n.sum()
-            and all(np.array_equal(t, r.sum(axis=0)) for t, r in zip(total[1:], (self._ring_target, self._ring_source, self._ring_pair)))
-            and self._carry_src.shape[0] == self.n_sources and self._carry_tgt.shape[0] == self.n_targets
-            and self._carry_src.shape[1] == self._carry_tgt.shape[1] <= h
-            and self._carry_src.max(initial=0) <= 1 and self._carry_tgt.max(initial=0) <= 1
-            and _cells_nonnegative(self._ring_n, self._ring_target, self._ring_source, self._ring_pair, self.pairs)
-        )  # fmt: skip
-        if not consistent:
+        """Restore a state_dict of a window with the same pairs, sizes and delay (a state that
+        no window can reach raises, and leaves this window as it was)."""
+        ring = self._ring
+        arrays = {"ring_n": ring.n, "ring_target": ring.target, "ring_source": ring.source, "ring_pair": ring.pair,
+                  "total_target": ring.total_target, "total_source": ring.total_source, "total_pair": ring.total_pair}  # fmt: skip
+        for name, array in arrays.items():
+            if np.shape(state[name]) != array.shape:
+                raise ValueError(f"window state {name} has shape {np.shape(state[name])}, expected {array.shape}")
+        carry_src, carry_tgt = np.array(state["carry_src"], np.uint8), np.array(state["carry_tgt"], np.uint8)
+        position = np.array([state["slot"], state["total_n"]], np.int64)
+        values = {name: np.asarray(state[name]) for name in arrays}
+        if not self._reachable(values, position, carry_src, carry_tgt):
             raise ValueError("window state is inconsistent: its counts, slot or carried samples cannot come from a window")
+        for name, array in arrays.items():
+            array[...] = values[name]
+        ring.position[...] = position
+        self._carry_src, self._carry_tgt = carry_src, carry_tgt
+
+    def _reachable(self, values: dict[str, np.ndarray], position: np.ndarray, carry_src: np.ndarray,
+                   carry_tgt: np.ndarray) -> bool:  # fmt: skip
+        """A restored state must be one a window can reach: the kernels index the k log2 k
+        table by its cell counts and the ring by its slot without bounds checks, so counts
+        that contradict each other (a cell below 0) must not get there."""
+        ring_n, h = values["ring_n"], self._h
+        rings = (values["ring_target"], values["ring_source"], values["ring_pair"])
+        totals = (values["total_target"], values["total_source"], values["total_pair"])
+        return (
+            0 <= position[0] < self.window_blocks
+            and position[1] == ring_n.sum()
+            and all(np.array_equal(t, r.sum(axis=0)) for t, r in zip(totals, rings))
+            and carry_src.ndim == carry_tgt.ndim == 2
+            and carry_src.shape[0] == self.n_sources and carry_tgt.shape[0] == self.n_targets
+            and carry_src.shape[1] == carry_tgt.shape[1] <= h
+            and carry_src.max(initial=0) <= 1 and carry_tgt.max(initial=0) <= 1
+            and _cells_nonnegative(ring_n, *rings, self.pairs)
+        )  # fmt: skip
 
 
 def _cells_nonnegative(n, target, source, pair, pairs) -> bool:
