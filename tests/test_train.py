@@ -246,30 +246,22 @@ def test_te_training_on_cuda_learns_with_the_packed_capture(digits):
     assert np.allclose([m[:4] for m in on_gpu], [m[:4] for m in on_cpu], atol=0.02)
 
 
-@pytest.mark.parametrize("dense", [False, True])
-def test_factors_are_set_and_gradients_scaled_as_torch_computed_them(dense):
-    """The refresh writes 1 + lam * TE in float32 into the factors, as the torch ops did,
-    and scales the gradients in the same pass as grad.mul_(factor) does, bit for bit."""
-    from tecli.te.feedback import _NO_GRAD, _set_factors
+def test_factors_are_set_as_torch_computed_them():
+    """The refresh writes 1 + lam * TE in float32 into the factors, as the torch ops did."""
+    from tecli.te.feedback import _set_factors
 
     rng = np.random.default_rng(0)
-    n, size = (2000, 2000) if dense else (500, 2000)
-    te = rng.random(n) * rng.integers(0, 2, n) * 0.7
-    flat = np.arange(size) if dense else np.sort(rng.choice(size, n, replace=False))
+    te = rng.random(500) * rng.integers(0, 2, 500) * 0.7
+    flat = np.sort(rng.choice(2000, 500, replace=False))
     for scale in (1.0, -4.0, 0.3, 16.0):
-        expected = torch.ones(size)
+        factor = np.ones(2000, np.float32)
+        positive, dev_sum, dev_max = _set_factors(te, flat, scale, factor)
+        expected = torch.ones(2000)
         expected.index_copy_(0, torch.from_numpy(flat), torch.from_numpy(te).float().mul_(scale).add_(1.0))
-        grad = torch.from_numpy(rng.standard_normal(size).astype(np.float32) * 10.0 ** rng.integers(-30, 30, size))
-        expected_grad = grad.clone().mul_(expected)
-        for scaled in (_NO_GRAD, grad.numpy()):
-            factor = np.ones(size, np.float32)
-            index = np.zeros(0, np.int64) if dense else flat  # dense: the index is not read
-            positive, dev_sum, dev_max = _set_factors(te, index, dense, scale, factor, scaled)
-            assert np.array_equal(factor, expected.numpy())
-            deviation = np.abs(factor[flat].astype(np.float64) - 1.0)
-            assert positive == (te > 0).sum() and dev_max == deviation.max()
-            assert dev_sum == pytest.approx(deviation.sum(), rel=1e-12)
-        assert torch.equal(grad, expected_grad)
+        assert np.array_equal(factor, expected.numpy())
+        deviation = np.abs(factor[flat].astype(np.float64) - 1.0)
+        assert positive == (te > 0).sum() and dev_max == deviation.max()
+        assert dev_sum == pytest.approx(deviation.sum(), rel=1e-12)
 
 
 @pytest.mark.parametrize("te", [

@@ -120,27 +120,18 @@ def _rows(values: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(values.detach().numpy())
 
 
-_NO_GRAD = np.zeros(0, np.float32)
-
-
 @nb.njit(cache=True)
-def _set_factors(te, flat_index, dense, scale, factor, grad):
-    """factor[q] = 1 + scale * te[p] in float32 at q = flat_index[p] (q = p when dense:
-    flat_index is not read), as torch computes it on a float32 tensor; with grad not
-    empty, grad[q] times that factor too, in the same pass: what grad.mul_(factor) does,
-    every other factor being 1. Returns (#pairs with TE > 0, sum and max of |factor - 1|)."""
+def _set_factors(te, flat_index, scale, factor):
+    """factor[flat_index[p]] = 1 + scale * te[p] in float32, as torch computes it on a
+    float32 tensor; returns (#pairs with TE > 0, sum and max of |factor - 1|)."""
     scale32 = np.float32(scale)
     one = np.float32(1.0)
-    scale_grad = grad.shape[0] > 0
     positive = 0
     dev_sum = 0.0
     dev_max = 0.0
     for p in range(te.shape[0]):
-        q = p if dense else flat_index[p]
         value = np.float32(np.float32(te[p]) * scale32) + one
-        factor[q] = value
-        if scale_grad:
-            grad[q] = grad[q] * value
+        factor[flat_index[p]] = value
         positive += te[p] > 0.0
         dev = abs(np.float64(value) - 1.0)
         dev_sum += dev
@@ -156,7 +147,6 @@ class _Slot:
     is_class_layer: bool
     window: SlidingPairTE
     flat_index: np.ndarray  # flat indices j * n_in + i of the chosen pairs into W
-    dense: bool  # every pair of W, in order: flat_index[p] is p
     factor: torch.Tensor  # (n_out, n_in), ones outside the chosen pairs
     factor_host: np.ndarray  # its values on the host: a view of it on the CPU, else a copy sent at each refresh
     te: np.ndarray  # TE of the chosen pairs at the last refresh
@@ -225,7 +215,6 @@ class TEFeedback:
                 # 10,080-pair window's kernel took 14.2 ms an epoch serial, 17.9 ms parallel)
                 window=SlidingPairTE(n_in, n_out, pairs, self.window_blocks, config.delay, parallel=False),
                 flat_index=flat.astype(np.int64),
-                dense=n_pairs == n_in * n_out,
                 factor=factor,
                 factor_host=factor.view(-1).numpy() if factor.device.type == "cpu" else np.ones(factor.numel(), np.float32),
                 te=np.zeros(n_pairs),
@@ -252,9 +241,7 @@ class TEFeedback:
                     zeros = np.zeros((samples, window.n_sources), np.float32), np.zeros((samples, window.n_targets), np.float32)
                     window.push_values(zeros[0], 0.0, zeros[1], 0.0, read)
             te = slot.window.te()
-            ones = np.ones(slot.factor.numel(), np.float32)
-            for grad in (_NO_GRAD, ones):
-                _set_factors(te, slot.flat_index, slot.dense, 0.0, ones, grad)
+            _set_factors(te, slot.flat_index, 0.0, np.ones(slot.factor.numel(), np.float32))
             slot.window.reset()
             slot.te[...] = 0.0
         self._diagnostics.counted = self._counted()  # the warm-up's samples are no epoch's
@@ -311,39 +298,29 @@ class TEFeedback:
                 slot.window.reset()  # the stretch before this refresh is a new stream
 
     def after_backward(self) -> None:
-        """Refresh factors when due, then scale the chosen weight gradients (reach "weights")."""
+        """Refresh factors when due, then scale the chosen weight gradients."""
         start = time.perf_counter()
         self._batch += 1
         if self._batch % self.config.refresh == 0:
             self._refresh()
-        elif self._refreshed and self.config.reach == "weights":
+        if self._refreshed and self.config.reach == "weights":
             for slot in self._slots:
                 slot.layer.weight.grad.mul_(slot.factor)
         self.seconds += time.perf_counter() - start
 
     def _refresh(self) -> None:
-        """New factors from the window's TE, and with reach "weights" the gradients scaled by
-        them: on the CPU in the pass that sets them (one pass, no torch call). With `permute`,
-        pair p's TE goes to the pair at a random position (drawn from self.rng, which
-        checkpoints keep): the same factors, in the same order for the diagnostics, on
-        shuffled connections."""
+        """New factors from the window's TE. With `permute`, pair p's TE goes to the pair at a
+        random position (drawn from self.rng, which checkpoints keep): the same factors, in
+        the same order for the diagnostics, on shuffled connections."""
         scale = self.config.lam if self.config.mode == "amplify" else -self.config.lam
-        weights = self.config.reach == "weights"
         for slot in self._slots:
             if not slot.te_read:
                 slot.window.te(out=slot.te)
             slot.te_read = False
-            index, dense = slot.flat_index, slot.dense and not self.config.permute
-            if self.config.permute:
-                index = index[self.rng.permutation(len(slot.te))]
-            grad = slot.layer.weight.grad
-            in_pass = weights and grad.device.type == "cpu" and grad.dtype == torch.float32 and grad.is_contiguous()
-            positive, dev_sum, dev_max = _set_factors(slot.te, index, dense, scale, slot.factor_host,
-                                                      grad.view(-1).numpy() if in_pass else _NO_GRAD)  # fmt: skip
+            index = slot.flat_index[self.rng.permutation(len(slot.te))] if self.config.permute else slot.flat_index
+            positive, dev_sum, dev_max = _set_factors(slot.te, index, scale, slot.factor_host)
             if slot.factor.device.type != "cpu":
                 slot.factor.view(-1).copy_(torch.from_numpy(slot.factor_host))
-            if weights and not in_pass:
-                grad.mul_(slot.factor)
             self._diagnostics.refreshed(len(slot.te), positive, dev_sum, dev_max)
         self._refreshed = True
 
