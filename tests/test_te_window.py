@@ -224,14 +224,27 @@ def test_a_window_without_sources_or_targets_pushes_and_reads_nothing(parallel, 
         assert window.samples == 2 * 5 and window.te().shape == (0,)
 
 
+def _fractional_counts(state):
+    ring, total = state["ring_pair"].astype(float), state["total_pair"].astype(float)
+    ring[:, 0, 0] += 0.5
+    total[0, 0] = ring[:, 0, 0].sum()
+    state["ring_pair"], state["total_pair"] = ring, total
+
+
+def _unpaired_target_above_its_block(state):
+    """Target 0 is in no pair: only the targets' part of TE reads its counts."""
+    state["ring_target"][0, 0, 0] = state["ring_n"][0] + 1
+    state["total_target"][0, 0] = state["ring_target"][:, 0, 0].sum()
+
+
 def test_a_restored_state_that_no_window_can_reach_is_refused():
     """The kernels read the k log2 k table at cell counts without bounds checks: a state whose
     counts contradict each other (from a damaged checkpoint) is refused, leaving the window
     as it was, and a real one loads."""
     rng = np.random.default_rng(7)
-    window = SlidingPairTE(4, 3, np.array([[0, 0], [3, 2], [1, 1]]), window_blocks=2, delay=1)
+    window = SlidingPairTE(4, 4, np.array([[0, 1], [3, 2], [1, 1]]), window_blocks=2, delay=1)  # target 0 unpaired
     for _ in range(3):
-        window.push(rng.integers(0, 2, (4, 16)), rng.integers(0, 2, (3, 16)))
+        window.push(rng.integers(0, 2, (4, 16)), rng.integers(0, 2, (4, 16)))
     good = window.state_dict()
     window.load_state_dict(good)
     damaged = {
@@ -239,6 +252,8 @@ def test_a_restored_state_that_no_window_can_reach_is_refused():
         "totals not the ring's sum": lambda s: s["total_source"].__setitem__(0, s["total_source"][0] + 1),
         "slot outside the ring": lambda s: s.__setitem__("slot", 2),
         "carried value not 0/1": lambda s: s["carry_src"].__setitem__((0, 0), 2),
+        "fractional counts (held as integers, their sums differ)": _fractional_counts,
+        "unpaired target counting more ones than its block's triples": _unpaired_target_above_its_block,
     }
     for name, damage in damaged.items():
         state = {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in good.items()}

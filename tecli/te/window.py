@@ -173,7 +173,7 @@ class SlidingPairTE:
                 raise ValueError(f"window state {name} has shape {np.shape(state[name])}, expected {array.shape}")
         carry_src, carry_tgt = np.array(state["carry_src"], np.uint8), np.array(state["carry_tgt"], np.uint8)
         position = np.array([state["slot"], state["total_n"]], np.int64)
-        values = {name: np.asarray(state[name]) for name in arrays}
+        values = {name: np.asarray(state[name], array.dtype) for name, array in arrays.items()}  # checked as they will be held
         if not self._reachable(values, position, carry_src, carry_tgt):
             raise ValueError("window state is inconsistent: its counts, slot or carried samples cannot come from a window")
         for name, array in arrays.items():
@@ -191,7 +191,7 @@ class SlidingPairTE:
         totals = (values["total_target"], values["total_source"], values["total_pair"])
         return (
             0 <= position[0] < self.window_blocks
-            and position[1] == ring_n.sum()
+            and ring_n.min(initial=0) >= 0 and position[1] == ring_n.sum()
             and all(np.array_equal(t, r.sum(axis=0)) for t, r in zip(totals, rings))
             and carry_src.ndim == carry_tgt.ndim == 2
             and carry_src.shape[0] == self.n_sources and carry_tgt.shape[0] == self.n_targets
@@ -202,11 +202,14 @@ class SlidingPairTE:
 
 
 def _cells_nonnegative(n, target, source, pair, pairs) -> bool:
-    """Every joint count that TE reads from these (k, ...) ring counts (see engine._te) is >= 0."""
+    """Every joint count that TE reads from these (k, ...) ring counts (see engine._te and
+    engine._target_part, which reads every target's, paired or not) is >= 0."""
     n = np.asarray(n, np.int64)[:, None]
-    a, b, ab = (target[:, pairs[:, 1], k].astype(np.int64) for k in range(3))
+    a, b, ab = (target[..., k].astype(np.int64) for k in range(3))
+    target_cells = (ab, a - ab, b - ab, n - a - b + ab)
+    a, b, ab = (counts[:, pairs[:, 1]] for counts in (a, b, ab))
     c = source[:, pairs[:, 0]].astype(np.int64)
     ac, bc, abc = (pair[..., k].astype(np.int64) for k in range(3))
     cells = (abc, ab - abc, ac - abc, bc - abc, a - ab - ac + abc, b - ab - bc + abc, c - ac - bc + abc,
-             n - a - b - c + ab + ac + bc - abc, b - bc, c - bc, n - b - c + bc, a - ab, b - ab, n - a - b + ab)  # fmt: skip
-    return all(cell.min(initial=0) >= 0 for cell in cells)
+             n - a - b - c + ab + ac + bc - abc, b - bc, c - bc, n - b - c + bc)  # fmt: skip
+    return all(cell.min(initial=0) >= 0 for cell in target_cells + cells)
