@@ -588,6 +588,13 @@ def _pairs(a, b, ab, c, pairs, slot_pair, total_pair, n_total, total_target, tot
 
 
 @nb.njit(inline="always")
+def _next_slot(ring_n, position, n):
+    """The ring slot a block of n triples replaces, and the window's triples once it has."""
+    s = position[0]
+    return s, position[1] - ring_n[s] + n
+
+
+@nb.njit(inline="always")
 def _advance(ring_n, position, counted, n, n_total, source_ones, target_ones):
     """After a block of n triples replaced the counts in ring slot position[0]: its n kept
     there, the ring at its next slot, n_total triples in the totals, the block's triples and
@@ -609,9 +616,8 @@ def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, ring_n, ri
     empty, then the pairs' TE over the totals; the pairs in n_blocks blocks on Numba's
     threads when n_blocks > 1 (see `_pair_block` for dense); then the ring advanced
     (`_advance`). Returns the flags (nothing is counted when one is set)."""
-    s = position[0]
     n = src.shape[1] // src_size - max(1, delay)
-    n_total = position[1] - ring_n[s] + n
+    s, n_total = _next_slot(ring_n, position, n)
     a, b, ab, c, source_ones, target_ones, bad_src, bad_tgt = _replace_streams(
         src, src_size, tgt, tgt_size, delay, klogk, ring_target[s], ring_source[s], total_target, total_source)
     if bad_src or bad_tgt:
@@ -627,9 +633,8 @@ def _thresholded_replace(src_values, src_threshold, src_carry, tgt_values, tgt_t
                          position, counted, te, n_blocks, dense):  # fmt: skip
     """`_pairs_replace` of a block given as activations and thresholds (its values are
     binary by construction)."""
-    s = position[0]
     n = src_carry.shape[1] + src_values.shape[0] - max(1, delay)
-    n_total = position[1] - ring_n[s] + n
+    s, n_total = _next_slot(ring_n, position, n)
     a, b, ab, c, source_ones, target_ones = _thresholded_streams(
         src_values, src_threshold, src_carry, tgt_values, tgt_threshold, tgt_carry, delay, klogk,
         ring_target[s], ring_source[s], total_target, total_source)  # fmt: skip

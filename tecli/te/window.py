@@ -151,23 +151,23 @@ class SlidingPairTE:
         `out` when given."""
         return engine.te_from_counts(self._ring.totals(), self.pairs, out)
 
+    def _counts(self) -> dict[str, np.ndarray]:
+        """The ring's count arrays by their names in a state_dict."""
+        ring = self._ring
+        return {"ring_n": ring.n, "ring_target": ring.target, "ring_source": ring.source, "ring_pair": ring.pair,
+                "total_target": ring.total_target, "total_source": ring.total_source, "total_pair": ring.total_pair}  # fmt: skip
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """Everything the window holds (ring, totals, slot, carried samples), for checkpoints."""
-        ring = self._ring
-        return {
-            "ring_n": ring.n.copy(), "ring_target": ring.target.copy(), "ring_source": ring.source.copy(),
-            "ring_pair": ring.pair.copy(), "total_n": int(ring.position[1]), "total_target": ring.total_target.copy(),
-            "total_source": ring.total_source.copy(), "total_pair": ring.total_pair.copy(),
-            "slot": int(ring.position[0]), "carry_src": self._carry_src.copy(), "carry_tgt": self._carry_tgt.copy(),
-        }  # fmt: skip
+        position = self._ring.position
+        return {**{name: array.copy() for name, array in self._counts().items()},
+                "total_n": int(position[1]), "slot": int(position[0]),
+                "carry_src": self._carry_src.copy(), "carry_tgt": self._carry_tgt.copy()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state_dict of a window with the same pairs, sizes and delay (a state that
         no window can reach raises, and leaves this window as it was)."""
-        ring = self._ring
-        arrays = {"ring_n": ring.n, "ring_target": ring.target, "ring_source": ring.source, "ring_pair": ring.pair,
-                  "total_target": ring.total_target, "total_source": ring.total_source, "total_pair": ring.total_pair}  # fmt: skip
+        arrays = self._counts()
         for name, array in arrays.items():
             if np.shape(state[name]) != array.shape:
                 raise ValueError(f"window state {name} has shape {np.shape(state[name])}, expected {array.shape}")
@@ -178,7 +178,7 @@ class SlidingPairTE:
             raise ValueError("window state is inconsistent: its counts, slot or carried samples cannot come from a window")
         for name, array in arrays.items():
             array[...] = values[name]
-        ring.position[...] = position
+        self._ring.position[...] = position
         self._carry_src, self._carry_tgt = carry_src, carry_tgt
 
     def _reachable(self, values: dict[str, np.ndarray], position: np.ndarray, carry_src: np.ndarray,
