@@ -627,19 +627,51 @@ def _pairs_replace(src, src_size, tgt, tgt_size, delay, pairs, klogk, ring_n, ri
     return False, False
 
 
+@nb.njit(inline="always")
+def _thresholded_fits(src_values, src_carry, tgt_values, tgt_carry, delay, pairs, klogk, ring_n, ring_target,
+                      ring_source, position, te):  # fmt: skip
+    """The block fits the ring: rows of the ring's widths, as many of sources as of targets
+    and at least h = history(delay), carries of h samples each (fewer: a new stream),
+    `te` empty or one per pair, and the k log2 k table past the window's triples."""
+    h = max(1, delay)
+    n = src_values.shape[0]
+    n_src, n_tgt = ring_source.shape[1], ring_target.shape[1]
+    return (
+        n >= h and tgt_values.shape[0] == n and src_values.shape[1] == n_src and tgt_values.shape[1] == n_tgt
+        and src_carry.shape[0] == n_src and src_carry.shape[1] == h
+        and tgt_carry.shape[0] == n_tgt and tgt_carry.shape[1] == h
+        and (te.shape[0] == 0 or te.shape[0] == pairs.shape[0])
+        and klogk.shape[0] > position[1] - ring_n[position[0]] + n
+    )  # fmt: skip
+
+
+# The thresholded kernel's only types (see _compile_thresholded): activations float32 rows,
+# thresholds as Python floats, the window's uint8 carries, int32 pairs and counts.
+THRESHOLDED_SIGNATURE = (
+    "boolean(float32[:, ::1], float64, uint8[:, ::1], float32[:, ::1], float64, uint8[:, ::1], int64, int32[:, ::1], "
+    "float64[::1], int64[::1], int32[:, :, ::1], int32[:, ::1], int32[:, :, ::1], int32[:, ::1], int32[::1], "
+    "int32[:, ::1], int64[::1], int64[::1], float64[::1], int64, boolean)"
+)
+
+
 @nb.njit(cache=True)
 def _thresholded_replace(src_values, src_threshold, src_carry, tgt_values, tgt_threshold, tgt_carry, delay, pairs,
                          klogk, ring_n, ring_target, ring_source, ring_pair, total_target, total_source, total_pair,
                          position, counted, te, n_blocks, dense):  # fmt: skip
     """`_pairs_replace` of a block given as activations and thresholds (its values are
-    binary by construction)."""
-    n = src_carry.shape[1] + src_values.shape[0] - max(1, delay)
+    binary by construction), compared in float32; False, with nothing touched, when the
+    block does not fit (`_thresholded_fits`)."""
+    if not _thresholded_fits(src_values, src_carry, tgt_values, tgt_carry, delay, pairs, klogk, ring_n, ring_target,
+                             ring_source, position, te):  # fmt: skip
+        return False
+    n = src_values.shape[0]
     s, n_total = _next_slot(ring_n, position, n)
     a, b, ab, c, source_ones, target_ones = _thresholded_streams(
-        src_values, src_threshold, src_carry, tgt_values, tgt_threshold, tgt_carry, delay, klogk,
-        ring_target[s], ring_source[s], total_target, total_source)  # fmt: skip
+        src_values, np.float32(src_threshold), src_carry, tgt_values, np.float32(tgt_threshold), tgt_carry, delay,
+        klogk, ring_target[s], ring_source[s], total_target, total_source)  # fmt: skip
     _pairs(a, b, ab, c, pairs, ring_pair[s], total_pair, n_total, total_target, total_source, klogk, te, n_blocks, dense)
     _advance(ring_n, position, counted, n, n_total, source_ones, target_ones)
+    return True
 
 
 # ---------------------------------------------------------------- the Python side
@@ -739,32 +771,56 @@ def replace_counts(src: np.ndarray, tgt: np.ndarray, pairs: np.ndarray, delay: i
     _check_read(te, pairs, dense, ring)
     bad_src, bad_tgt = _pairs_replace(
         *as_bytes(src), *as_bytes(tgt), delay, pairs, klogk_table(int(ring.position[1]) + n), *ring,
-        _NO_TE if te is None else te, _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
+        _NO_TE if te is None else te, replace_blocks(len(pairs), n, te) if parallel else 1, dense,
     )  # fmt: skip
     _check_values(bad_src, bad_tgt, ("sources", "targets"))
 
 
+def _compile_thresholded(*args) -> bool:
+    """The thresholded kernel's first call: compile it for THRESHOLDED_SIGNATURE and no
+    other types (loading it from Numba's cache takes about 0.4 s: not at import), then call
+    it, as every later call does directly. Arguments of other types then raise TypeError
+    in Numba's dispatch, which inspects them anyway, instead of compiling another kernel:
+    its caller needs no Python checks of its own."""
+    global _thresholded
+    _thresholded_replace.compile(THRESHOLDED_SIGNATURE)
+    _thresholded_replace.disable_compile()
+    _thresholded = _thresholded_replace
+    return _thresholded(*args)
+
+
+_thresholded = _compile_thresholded
+
+
 def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, source_carry: np.ndarray,
                                targets: np.ndarray, target_threshold: float, target_carry: np.ndarray,
-                               pairs: np.ndarray, delay: int, ring: CountRing, te: np.ndarray | None,
-                               parallel: bool, dense: bool) -> None:  # fmt: skip
+                               pairs: np.ndarray, delay: int, ring: CountRing, klogk: np.ndarray,
+                               te: np.ndarray | None, n_blocks: int, dense: bool) -> bool:  # fmt: skip
     """`replace_counts` of the block [carry | values > threshold] per neuron: sources and
     targets are (B, n) float32 activations, sample by sample (a layer's output as torch
-    holds it), compared with a float32 threshold as NumPy compares them; the carries,
+    holds it), compared with the threshold in float32 as NumPy compares them; the carries,
     (n, h) uint8 0/1 with h = history(delay) <= B, are the samples before the block, and
-    take its last h samples.  The training feedback's route for number thresholds: no
-    binary block is written, transposed or checked.
+    take its last h samples; klogk is a klogk_table, n_blocks the pairs' blocks (see
+    replace_blocks).  The training feedback's route for number thresholds: no binary block
+    is written, transposed or checked in Python.
 
-    Unchecked, for SlidingPairTE.push_values, which owns the carries and the ring and
-    checks the activations and `te` (`float_rows`, `check_out`) itself: it is called at
-    every batch, and checking again the arrays the window made was a third of its Python
-    time. The kernel indexes without bounds checks: wrong shapes here corrupt memory."""
-    n = sources.shape[0]
-    _thresholded_replace(
-        sources, np.float32(source_threshold), source_carry, targets, np.float32(target_threshold), target_carry,
-        delay, pairs, klogk_table(int(ring.position[1]) + n), *ring, _NO_TE if te is None else te,
-        _n_blocks(_replace_work(len(pairs), n, te)) if parallel else 1, dense,
+    For SlidingPairTE.push_values, which owns the carries, the ring and the pairs (not
+    checked here): it is called at every batch, where each Python step runs from cold
+    caches between torch's kernels (its checks and argument preparation took about 60 us a
+    batch of the 120 x 84 and 84 x 10 windows in training, 3.5 us a call alone), so the
+    kernel checks the shapes itself, for nothing. Arguments of other types than THRESHOLDED_SIGNATURE's raise TypeError; a block that does
+    not fit (a new stream, a short block, wrong shapes, a table too short) returns False and
+    leaves everything as it was."""
+    return _thresholded(
+        sources, source_threshold, source_carry, targets, target_threshold, target_carry, delay, pairs, klogk, *ring,
+        _NO_TE if te is None else te, n_blocks, dense,
     )  # fmt: skip
+
+
+def replace_blocks(n_pairs: int, n: int, te: np.ndarray | None) -> int:
+    """How many blocks the replace kernels split n_pairs pairs of an n-triple block into
+    (1: serial), when they may run in parallel."""
+    return _n_blocks(_replace_work(n_pairs, n, te))
 
 
 def _check_read(te: np.ndarray | None, pairs: np.ndarray, dense: bool, ring: CountRing) -> None:

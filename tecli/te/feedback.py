@@ -121,14 +121,15 @@ def _rows(values: torch.Tensor) -> np.ndarray:
 
 
 @nb.njit(cache=True)
-def _set_factors(te, flat_index, scale, factor):
+def _set_factors(te, flat_index, scale, factor, sums):
     """factor[flat_index[p]] = 1 + scale * te[p] in float32, as torch computes it on a
-    float32 tensor; returns (#pairs with TE > 0, sum and max of |factor - 1|)."""
+    float32 tensor; adds #pairs, #pairs with TE > 0 and the sum of |factor - 1| to sums[:3],
+    and takes the max of |factor - 1| into sums[3] (the diagnostics' running sums)."""
     scale32 = np.float32(scale)
     one = np.float32(1.0)
     positive = 0
     dev_sum = 0.0
-    dev_max = 0.0
+    dev_max = sums[3]
     for p in range(te.shape[0]):
         value = np.float32(np.float32(te[p]) * scale32) + one
         factor[flat_index[p]] = value
@@ -136,7 +137,10 @@ def _set_factors(te, flat_index, scale, factor):
         dev = abs(np.float64(value) - 1.0)
         dev_sum += dev
         dev_max = max(dev_max, dev)
-    return positive, dev_sum, dev_max
+    sums[0] += te.shape[0]
+    sums[1] += positive
+    sums[2] += dev_sum
+    sums[3] = dev_max
 
 
 @dataclass
@@ -149,6 +153,7 @@ class _Slot:
     flat_index: np.ndarray  # flat indices j * n_in + i of the chosen pairs into W
     factor: torch.Tensor  # (n_out, n_in), ones outside the chosen pairs
     factor_host: np.ndarray  # its values on the host: a view of it on the CPU, else a copy sent at each refresh
+    on_device: bool  # the factors are on a GPU (factor_host is sent there)
     te: np.ndarray  # TE of the chosen pairs at the last refresh
     thresholds: tuple[float, float] | None  # (sources', targets') for push_values: see _number_thresholds
     te_read: bool = False  # te already holds this batch's window: read in the push before a refresh
@@ -159,24 +164,17 @@ class _Diagnostics:
 
     def __init__(self):
         self.counted = np.zeros(3, np.int64)  # the windows' counted triples / source ones / target ones so far
-        self.pairs = self.positive = 0
-        self.dev_sum = self.dev_max = 0.0
+        self.sums = np.zeros(4)  # pairs, pairs with TE > 0, sum and max of |factor - 1| over this epoch's refreshes
         self.last = (None, 0.0, 0.0)  # share of TE > 0, mean and max |factor - 1| of the last refresh
-
-    def refreshed(self, pairs: int, positive: int, dev_sum: float, dev_max: float) -> None:
-        self.pairs += pairs
-        self.positive += positive
-        self.dev_sum += dev_sum
-        self.dev_max = max(self.dev_max, dev_max)
 
     def epoch(self, counted: np.ndarray, slots) -> dict[str, float | None]:
         triples, source_ones, target_ones = counted - self.counted
         self.counted = counted
-        if self.pairs:
-            self.last = (self.positive / self.pairs, self.dev_sum / self.pairs, self.dev_max)
+        pairs, positive, dev_sum, dev_max = self.sums.tolist()
+        if pairs:
+            self.last = (positive / pairs, dev_sum / pairs, dev_max)
         share, dev_mean, dev_max = self.last
-        self.pairs = self.positive = 0
-        self.dev_sum = self.dev_max = 0.0
+        self.sums[...] = 0.0
         sources = sum(slot.window.n_sources for slot in slots)
         targets = sum(slot.window.n_targets for slot in slots)
         return {
@@ -217,11 +215,16 @@ class TEFeedback:
                 flat_index=flat.astype(np.int64),
                 factor=factor,
                 factor_host=factor.view(-1).numpy() if factor.device.type == "cpu" else np.ones(factor.numel(), np.float32),
+                on_device=factor.device.type != "cpu",
                 te=np.zeros(n_pairs),
                 thresholds=_number_thresholds(config, layer is linears[-1], n_out, layer.weight),
             )
             self._slots.append(slot)
             layer.forward = self._forward(slot)
+        self._scale = config.lam if config.mode == "amplify" else -config.lam
+        # what after_backward's one foreach call multiplies: the weights' gradients by the factors
+        self._weights = [slot.layer.weight for slot in self._slots] if config.reach == "weights" else []
+        self._factors = [slot.factor for slot in self._slots] if config.reach == "weights" else []
         self._warm_up(batch_size)
 
     def _warm_up(self, batch_size: int) -> None:
@@ -241,7 +244,7 @@ class TEFeedback:
                     zeros = np.zeros((samples, window.n_sources), np.float32), np.zeros((samples, window.n_targets), np.float32)
                     window.push_values(zeros[0], 0.0, zeros[1], 0.0, read)
             te = slot.window.te()
-            _set_factors(te, slot.flat_index, 0.0, np.ones(slot.factor.numel(), np.float32))
+            _set_factors(te, slot.flat_index, 0.0, np.ones(slot.factor.numel(), np.float32), np.zeros(4))
             slot.window.reset()
             slot.te[...] = 0.0
         self._diagnostics.counted = self._counted()  # the warm-up's samples are no epoch's
@@ -303,25 +306,22 @@ class TEFeedback:
         self._batch += 1
         if self._batch % self.config.refresh == 0:
             self._refresh()
-        if self._refreshed and self.config.reach == "weights":
-            for slot in self._slots:
-                slot.layer.weight.grad.mul_(slot.factor)
+        if self._refreshed and self._weights:
+            torch._foreach_mul_([weight.grad for weight in self._weights], self._factors)
         self.seconds += time.perf_counter() - start
 
     def _refresh(self) -> None:
         """New factors from the window's TE. With `permute`, pair p's TE goes to the pair at a
         random position (drawn from self.rng, which checkpoints keep): the same factors, in
         the same order for the diagnostics, on shuffled connections."""
-        scale = self.config.lam if self.config.mode == "amplify" else -self.config.lam
         for slot in self._slots:
             if not slot.te_read:
                 slot.window.te(out=slot.te)
             slot.te_read = False
             index = slot.flat_index[self.rng.permutation(len(slot.te))] if self.config.permute else slot.flat_index
-            positive, dev_sum, dev_max = _set_factors(slot.te, index, scale, slot.factor_host)
-            if slot.factor.device.type != "cpu":
+            _set_factors(slot.te, index, self._scale, slot.factor_host, self._diagnostics.sums)
+            if slot.on_device:
                 slot.factor.view(-1).copy_(torch.from_numpy(slot.factor_host))
-            self._diagnostics.refreshed(len(slot.te), positive, dev_sum, dev_max)
         self._refreshed = True
 
     def te_stats(self) -> tuple[float | None, float | None]:
