@@ -270,3 +270,25 @@ def test_activations_of_another_dtype_are_refused_on_every_route():
         with pytest.raises(ValueError, match="sources must be float32"):
             window.push_values(np.ones((8, 3)), 0.5, np.ones((8, 2), np.float32), 0.5)
         window.push_values(np.ones((8, 3), np.float32), 0.5, np.ones((8, 2), np.float32), 0.5)
+
+
+def test_the_kernel_first_route_refuses_what_the_checks_refused():
+    """push_values calls its kernel before any Python check: a TE array of the wrong length,
+    dtype or a read-only one, and thresholds of other number types, go through the checks
+    (which raise, leaving the window as it was) or count as the float threshold does."""
+    rng = np.random.default_rng(3)
+    pairs = np.array([[0, 0], [2, 1]])
+    window, reference = SlidingPairTE(3, 2, pairs, window_blocks=2), SlidingPairTE(3, 2, pairs, window_blocks=2)
+    blocks = [(rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 2)).astype(np.float32)) for _ in range(4)]
+    for (sources, targets), g in zip(blocks, (0.25, np.float32(0.25), 0, np.float64(0.25))):
+        window.push_values(sources, g, targets, g)
+        reference.push_values(sources, float(g), targets, float(g))
+    np.testing.assert_array_equal(window.te(), reference.te())
+    before = window.state_dict()
+    read_only = np.zeros(2)
+    read_only.flags.writeable = False
+    for te in (np.zeros(3), np.zeros(2, np.float32), read_only):
+        with pytest.raises(ValueError, match="out must be a writable float64 array of shape"):
+            window.push_values(*blocks[0][:1], 0.0, blocks[0][1], 0.0, te)
+    for name, value in before.items():
+        np.testing.assert_array_equal(window.state_dict()[name], value)
