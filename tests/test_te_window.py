@@ -292,3 +292,23 @@ def test_the_kernel_first_route_refuses_what_the_checks_refused():
             window.push_values(*blocks[0][:1], 0.0, blocks[0][1], 0.0, te)
     for name, value in before.items():
         np.testing.assert_array_equal(window.state_dict()[name], value)
+
+
+def test_read_only_activations_and_a_strided_te_array_are_pushed_as_copies():
+    """Arrays that the kernel's signature does not take (read-only activations, a TE array
+    that is a strided view) go through the checked route, which copies them: the same
+    window and TE as writable, contiguous ones."""
+    rng = np.random.default_rng(5)
+    pairs = np.array([[0, 0], [2, 1], [1, 1]])
+    window, reference = SlidingPairTE(3, 2, pairs, window_blocks=2), SlidingPairTE(3, 2, pairs, window_blocks=2)
+    for _ in range(4):
+        sources, targets = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 2)).astype(np.float32)
+        expected = np.empty(3)
+        reference.push_values(sources, 0.0, targets, 0.0, expected)
+        buffer = np.full(6, np.nan)
+        sources.flags.writeable = targets.flags.writeable = False
+        window.push_values(sources, 0.0, targets, 0.0, buffer[::2])
+        np.testing.assert_array_equal(buffer[::2], expected)
+        assert np.isnan(buffer[1::2]).all()
+    for name, value in reference.state_dict().items():
+        np.testing.assert_array_equal(window.state_dict()[name], value)

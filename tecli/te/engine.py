@@ -33,6 +33,7 @@ window's totals by the difference, in one pass.
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numba as nb
@@ -783,13 +784,16 @@ def _compile_thresholded(*args) -> bool:
     in Numba's dispatch, which inspects them anyway, instead of compiling another kernel:
     its caller needs no Python checks of its own."""
     global _thresholded
-    _thresholded_replace.compile(THRESHOLDED_SIGNATURE)
-    _thresholded_replace.disable_compile()
+    with _COMPILING:  # a second thread's compile() would fail once compilation is disabled
+        if _thresholded_replace._can_compile:
+            _thresholded_replace.compile(THRESHOLDED_SIGNATURE)
+            _thresholded_replace.disable_compile()
     _thresholded = _thresholded_replace
     return _thresholded(*args)
 
 
 _thresholded = _compile_thresholded
+_COMPILING = threading.Lock()
 
 
 def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, source_carry: np.ndarray,
@@ -808,9 +812,10 @@ def replace_counts_thresholded(sources: np.ndarray, source_threshold: float, sou
     checked here): it is called at every batch, where each Python step runs from cold
     caches between torch's kernels (its checks and argument preparation took about 60 us a
     batch of the 120 x 84 and 84 x 10 windows in training, 3.5 us a call alone), so the
-    kernel checks the shapes itself, for nothing. Arguments of other types than THRESHOLDED_SIGNATURE's raise TypeError; a block that does
-    not fit (a new stream, a short block, wrong shapes, a table too short) returns False and
-    leaves everything as it was."""
+    kernel checks the shapes itself, at no cost. Arrays not of THRESHOLDED_SIGNATURE's types
+    (read-only and strided ones included) raise TypeError; number thresholds of other types
+    are converted. A block that does not fit (a new stream, a short block, wrong shapes, a
+    table too short) returns False and leaves everything as it was."""
     return _thresholded(
         sources, source_threshold, source_carry, targets, target_threshold, target_carry, delay, pairs, klogk, *ring,
         _NO_TE if te is None else te, n_blocks, dense,

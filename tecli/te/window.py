@@ -149,11 +149,16 @@ class SlidingPairTE:
         g_src, g_tgt = float(source_threshold), float(target_threshold)
         if self._carry_src.shape[1] < self._h or n < self._h:  # a new stream, or a block shorter than the history
             return self.push(np.greater(sources, np.float32(g_src)).T, np.greater(targets, np.float32(g_tgt)).T, te)
-        self._klogk = engine.klogk_table(self.samples + self.window_blocks * n)  # a whole window more of such blocks
+        self._klogk = engine.klogk_table(self.samples + n)  # (the shared table doubles: amortized)
+        # read-only or unaligned activations and a strided TE array are not the kernel's types: copies
+        sources, targets = (np.require(values, requirements="CAW") for values in (sources, targets))
+        out = te if te is None or te.flags.c_contiguous else np.empty_like(te, order="C")
         n_blocks = engine.replace_blocks(len(self.pairs), n, te) if self.parallel else 1
         taken = engine.replace_counts_thresholded(sources, g_src, self._carry_src, targets, g_tgt, self._carry_tgt,
-                                                  self.pairs, self.delay, self._ring, self._klogk, te, n_blocks,
+                                                  self.pairs, self.delay, self._ring, self._klogk, out, n_blocks,
                                                   self._dense)  # fmt: skip
+        if out is not te:
+            te[...] = out
         if not taken:  # cannot happen: everything _thresholded_fits asks was checked above
             raise RuntimeError("the thresholded kernel refused a checked block")
 
@@ -191,7 +196,7 @@ class SlidingPairTE:
         for name, array in arrays.items():
             if np.shape(state[name]) != array.shape:
                 raise ValueError(f"window state {name} has shape {np.shape(state[name])}, expected {array.shape}")
-        carry_src, carry_tgt = np.array(state["carry_src"], np.uint8), np.array(state["carry_tgt"], np.uint8)
+        carry_src, carry_tgt = (np.array(state[name], np.uint8, order="C") for name in ("carry_src", "carry_tgt"))
         position = np.array([state["slot"], state["total_n"]], np.int64)
         values = {name: np.asarray(state[name], array.dtype) for name, array in arrays.items()}  # checked as they will be held
         if not self._reachable(values, position, carry_src, carry_tgt):
