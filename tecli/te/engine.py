@@ -785,7 +785,7 @@ def _compile_thresholded(*args) -> bool:
     its caller needs no Python checks of its own."""
     global _thresholded
     with _COMPILING:  # a second thread's compile() would fail once compilation is disabled
-        if _thresholded_replace._can_compile:
+        if not _thresholded_replace.signatures:
             _thresholded_replace.compile(THRESHOLDED_SIGNATURE)
             _thresholded_replace.disable_compile()
     _thresholded = _thresholded_replace

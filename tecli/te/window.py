@@ -125,10 +125,7 @@ class SlidingPairTE:
         alone, alternating with the checks-first version: 4.1 against 6.9 us a call on a
         4 x 3 window, 12.0 against 15.1 on 84 x 10, 74.6 against 78.8 on 120 x 84)."""
         try:
-            n_blocks = engine.replace_blocks(len(self.pairs), len(sources), te) if self.parallel else 1
-            if engine.replace_counts_thresholded(sources, source_threshold, self._carry_src, targets, target_threshold,
-                                                 self._carry_tgt, self.pairs, self.delay, self._ring, self._klogk, te,
-                                                 n_blocks, self._dense):  # fmt: skip
+            if self._count_values(sources, source_threshold, targets, target_threshold, te):
                 return
         except TypeError:  # not the kernel's types: the checks below say what is wrong
             pass
@@ -153,14 +150,19 @@ class SlidingPairTE:
         # read-only or unaligned activations and a strided TE array are not the kernel's types: copies
         sources, targets = (np.require(values, requirements="CAW") for values in (sources, targets))
         out = te if te is None or te.flags.c_contiguous else np.empty_like(te, order="C")
-        n_blocks = engine.replace_blocks(len(self.pairs), n, te) if self.parallel else 1
-        taken = engine.replace_counts_thresholded(sources, g_src, self._carry_src, targets, g_tgt, self._carry_tgt,
-                                                  self.pairs, self.delay, self._ring, self._klogk, out, n_blocks,
-                                                  self._dense)  # fmt: skip
+        taken = self._count_values(sources, g_src, targets, g_tgt, out)
         if out is not te:
             te[...] = out
         if not taken:  # cannot happen: everything _thresholded_fits asks was checked above
             raise RuntimeError("the thresholded kernel refused a checked block")
+
+    def _count_values(self, sources, source_threshold, targets, target_threshold, te: np.ndarray | None) -> bool:
+        """The thresholded kernel on this window's carries, ring and table: whether it took the
+        block (see engine.replace_counts_thresholded)."""
+        n_blocks = engine.replace_blocks(len(self.pairs), len(sources), te) if self.parallel else 1
+        return engine.replace_counts_thresholded(sources, source_threshold, self._carry_src, targets, target_threshold,
+                                                 self._carry_tgt, self.pairs, self.delay, self._ring, self._klogk, te,
+                                                 n_blocks, self._dense)  # fmt: skip
 
     def _keep_carry(self, src: np.ndarray, tgt: np.ndarray) -> None:
         h = self._h
