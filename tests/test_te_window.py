@@ -287,9 +287,10 @@ def test_the_kernel_first_route_refuses_what_the_checks_refused():
     before = window.state_dict()
     read_only = np.zeros(2)
     read_only.flags.writeable = False
+    sources, targets = blocks[0]
     for te in (np.zeros(3), np.zeros(2, np.float32), read_only):
         with pytest.raises(ValueError, match="out must be a writable float64 array of shape"):
-            window.push_values(*blocks[0][:1], 0.0, blocks[0][1], 0.0, te)
+            window.push_values(sources, 0.0, targets, 0.0, te)
     for name, value in before.items():
         np.testing.assert_array_equal(window.state_dict()[name], value)
 

@@ -206,6 +206,7 @@ class TEFeedback:
             flat = np.sort(rng.choice(n_in * n_out, size=n_pairs, replace=False))
             pairs = np.stack([flat % n_in, flat // n_in], axis=1)
             factor = torch.ones_like(layer.weight, requires_grad=False)
+            on_device = factor.device.type != "cpu"
             slot = _Slot(
                 layer=layer,
                 is_class_layer=layer is linears[-1],
@@ -214,8 +215,8 @@ class TEFeedback:
                 window=SlidingPairTE(n_in, n_out, pairs, self.window_blocks, config.delay, parallel=False),
                 flat_index=flat.astype(np.int64),
                 factor=factor,
-                factor_host=factor.view(-1).numpy() if factor.device.type == "cpu" else np.ones(factor.numel(), np.float32),
-                on_device=factor.device.type != "cpu",
+                factor_host=np.ones(factor.numel(), np.float32) if on_device else factor.view(-1).numpy(),
+                on_device=on_device,
                 te=np.zeros(n_pairs),
                 thresholds=_number_thresholds(config, layer is linears[-1], n_out, layer.weight),
             )
